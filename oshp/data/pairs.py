@@ -1,0 +1,271 @@
+"""Query/support pools and the deterministic meta-test pair rule (paper section 5; facts 1.4-1.6).
+
+The release builds, for each split, a *support index*: for every class c, the sorted list positions
+of query-pool images that contain c and of support-pool images that contain c. The query pool is the
+first ``query_pool`` ids of the sorted list, the support pool the rest. The meta-test pairs come from
+the index by a fixed rule, rarest class first:
+
+* take the first ``queries_per_class`` (10) query-pool images containing c that no earlier class
+  already used as a query, each repeated ``supports_per_query`` (15) times in a row;
+* pair them, in order, with the first 150 support-pool images containing c that no class has used
+  as a support yet.
+
+So every class is evaluated on 150 pairs in which both images contain it: ATR 11 x 150 = 1,650 pairs,
+LIP and CIHP 12 x 150 = 1,800. For ATR the released index reproduces the release's pairs exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .layout import DatasetError, ReleaseLayoutDataset, load_label_map
+from .official import official_atr_supports, official_ids
+from .vocab import DatasetSpec, get_dataset, merge_labels, present_classes
+
+QUERIES_PER_CLASS = 10
+SUPPORTS_PER_QUERY = 15
+
+
+@dataclass(frozen=True)
+class SupportIndex:
+    """Which list positions of one split contain which class, separately for the two pools."""
+
+    split: str
+    query_pool: int  # positions < query_pool are the query pool
+    num_images: int
+    query: dict[int, tuple[int, ...]]  # class id -> sorted positions in the query pool
+    support: dict[int, tuple[int, ...]]  # class id -> sorted positions in the support pool
+
+    @classmethod
+    def from_release(cls, keyed: dict[int, Sequence[int]], split: str, num_raw_classes: int,
+                     query_pool: int, num_images: int) -> "SupportIndex":
+        """Convert the release's {c: query positions, c + (num_raw_classes - 1): support positions} dict."""
+        offset = num_raw_classes - 1
+        query = {c: tuple(keyed.get(c, ())) for c in range(1, num_raw_classes)}
+        support = {c: tuple(keyed.get(c + offset, ())) for c in range(1, num_raw_classes)}
+        return cls(split=split, query_pool=query_pool, num_images=num_images, query=query, support=support)
+
+    @classmethod
+    def from_classes(cls, classes_per_image: Sequence[Iterable[int]], split: str, query_pool: int) -> "SupportIndex":
+        """Build the index from the OSHP classes present in each image (list order)."""
+        query: dict[int, list[int]] = {}
+        support: dict[int, list[int]] = {}
+        for position, classes in enumerate(classes_per_image):
+            target = query if position < query_pool else support
+            for c in classes:
+                target.setdefault(int(c), []).append(position)
+        keys = sorted(set(query) | set(support))
+        return cls(split=split, query_pool=query_pool, num_images=len(classes_per_image),
+                   query={c: tuple(query.get(c, ())) for c in keys},
+                   support={c: tuple(support.get(c, ())) for c in keys})
+
+    def to_json(self) -> dict:
+        return {"split": self.split, "query_pool": self.query_pool, "num_images": self.num_images,
+                "query": {str(c): list(v) for c, v in self.query.items()},
+                "support": {str(c): list(v) for c, v in self.support.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SupportIndex":
+        return cls(split=data["split"], query_pool=int(data["query_pool"]), num_images=int(data["num_images"]),
+                   query={int(c): tuple(v) for c, v in data["query"].items()},
+                   support={int(c): tuple(v) for c, v in data["support"].items()})
+
+    def contains(self, class_id: int, position: int) -> bool:
+        """Whether the image at ``position`` contains ``class_id`` (binary search in the right pool)."""
+        pool = self.query if position < self.query_pool else self.support
+        positions = pool.get(class_id, ())
+        i = int(np.searchsorted(positions, position))
+        return i < len(positions) and positions[i] == position
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One meta-test episode: list positions of the query and the support, and the class it was drawn for."""
+
+    query: int
+    support: int
+    class_id: int
+
+
+def released_support_index(dataset: str | DatasetSpec, split: str) -> SupportIndex:
+    """The support index shipped with the release (ATR only: LIP and CIHP were never published)."""
+    spec = get_dataset(dataset)
+    if spec.key != "atr":
+        raise DatasetError(
+            f"the release published no support index for {spec.display}; pass --data-root so that oshp "
+            f"builds it from the label maps with the same rule"
+        )
+    query_pool = spec.train_query_pool + 1 if split == "train" else spec.test_query_pool  # train file: 0..7500
+    ids = official_ids(spec.key, split)
+    return SupportIndex.from_release(official_atr_supports(split), split, spec.num_raw_classes, query_pool, len(ids))
+
+
+def _classes_in_label(args: tuple[str, str]) -> tuple[int, ...]:
+    path, key = args
+    spec = get_dataset(key)
+    return present_classes(merge_labels(load_label_map(path, spec), spec))
+
+
+def scan_classes(ds: ReleaseLayoutDataset, split: str, workers: int | None = None,
+                 progress: bool = False) -> list[tuple[int, ...]]:
+    """OSHP classes present in every image of a split, read from its label maps (in list order)."""
+    ids = ds.ids(split)
+    jobs = [(str(ds.label_path(i)), ds.spec.key) for i in ids]
+    if workers == 1 or len(jobs) < 64:
+        iterator = map(_classes_in_label, jobs)
+        pool = None
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        iterator = pool.map(_classes_in_label, jobs, chunksize=64)
+    try:
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(iterator, total=len(jobs), desc=f"scanning {split} labels", unit="img")
+        return list(iterator)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def index_cache_path(ds: ReleaseLayoutDataset, split: str) -> Path:
+    return ds.root / f"oshp_index_{split}.json"
+
+
+def support_index_from_dataset(ds: ReleaseLayoutDataset, split: str, *, use_cache: bool = True,
+                               progress: bool = False) -> SupportIndex:
+    """Scan a dataset's label maps into a support index, cached beside the lists (invalidated when they change)."""
+    ids = ds.ids(split)
+    query_pool = ds.test_query_pool if split == "test" else ds.train_query_pool
+    cache = index_cache_path(ds, split)
+    list_mtime = (ds.root / "list" / f"meta_{split}_id.txt").stat().st_mtime
+    if use_cache and cache.is_file() and cache.stat().st_mtime >= list_mtime:
+        try:
+            cached = SupportIndex.from_json(json.loads(cache.read_text()))
+            if cached.num_images == len(ids) and cached.query_pool == query_pool:
+                return cached
+        except (KeyError, ValueError, json.JSONDecodeError):
+            pass  # a stale or broken cache is rebuilt below
+    index = SupportIndex.from_classes(scan_classes(ds, split, progress=progress), split, query_pool)
+    if use_cache:
+        try:
+            cache.write_text(json.dumps(index.to_json()))
+        except OSError:
+            pass  # read-only dataset folders are fine: the index is just not cached
+    return index
+
+
+def meta_test_pairs(index: SupportIndex, class_order: Sequence[int], *,
+                    queries_per_class: int = QUERIES_PER_CLASS,
+                    supports_per_query: int = SUPPORTS_PER_QUERY, describe: str = "") -> list[Pair]:
+    """The release's deterministic pair rule (facts 1.6), as positions into the split's id list."""
+    used_queries: set[int] = set()
+    used_supports: set[int] = set()
+    pairs: list[Pair] = []
+    for c in class_order:
+        queries = [q for q in index.query.get(c, ()) if q not in used_queries][:queries_per_class]
+        needed = queries_per_class * supports_per_query
+        supports = [s for s in index.support.get(c, ()) if s not in used_supports][:needed]
+        if len(queries) < queries_per_class or len(supports) < needed:
+            raise DatasetError(
+                f"{describe}class {c}: the pair rule needs {queries_per_class} unused query-pool images and "
+                f"{needed} unused support-pool images containing it, but found {len(queries)} and {len(supports)} "
+                f"(query pool = first {index.query_pool} of {index.num_images} test ids). Use a larger test split "
+                f"or fewer pairs per class (--queries-per-class / --supports-per-query)."
+            )
+        used_queries.update(queries)
+        used_supports.update(supports)
+        repeated = [q for q in queries for _ in range(supports_per_query)]
+        pairs.extend(Pair(q, s, c) for q, s in zip(repeated, supports))
+    return pairs
+
+
+def coverage(pairs: Sequence[Pair], index: SupportIndex, spec: DatasetSpec) -> list[dict]:
+    """Per class: pairs drawn for it, distinct queries and supports, and k-way co-occurrence.
+
+    ``kway_pairs`` counts the pairs in which the class is in both the query and the support, i.e. how
+    often a k-way evaluation scores it (every shared class is scored, not only the drawn one).
+    """
+    rows = []
+    for c in spec.foreground_ids:
+        drawn = [p for p in pairs if p.class_id == c]
+        rows.append({
+            "class_id": c,
+            "class": spec.class_name(c),
+            "pairs": len(drawn),
+            "queries": len({p.query for p in drawn}),
+            "supports": len({p.support for p in drawn}),
+            "kway_pairs": sum(1 for p in pairs if index.contains(c, p.query) and index.contains(c, p.support)),
+        })
+    return rows
+
+
+def format_coverage(rows: Sequence[dict]) -> str:
+    lines = ["| id | class | pairs | queries | supports | k-way pairs |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['class_id']} | {r['class']} | {r['pairs']} | {r['queries']} | {r['supports']} | "
+                     f"{r['kway_pairs']} |")
+    total = sum(r["pairs"] for r in rows)
+    lines.append(f"| | total | {total} | | | |")
+    return "\n".join(lines)
+
+
+def build_meta_test_pairs(dataset: str | DatasetSpec, data_root: str | Path | None = None, *,
+                          queries_per_class: int = QUERIES_PER_CLASS,
+                          supports_per_query: int = SUPPORTS_PER_QUERY,
+                          progress: bool = False) -> dict:
+    """Meta-test pairs as JSON-ready data: from the released index (no data root) or from the labels on disk."""
+    spec = get_dataset(dataset)
+    if data_root is None:
+        index = released_support_index(spec, "test")
+        ids = list(official_ids(spec.key, "test"))
+        source = "released support index (data/datasets/ATR_OS/support/meta_test_atr_supports.pkl)"
+    else:
+        ds = ReleaseLayoutDataset.open(data_root, spec)
+        index = support_index_from_dataset(ds, "test", progress=progress)
+        ids = ds.ids("test")
+        source = f"label maps under {ds.root}"
+    pairs = meta_test_pairs(index, spec.rarest_first, queries_per_class=queries_per_class,
+                            supports_per_query=supports_per_query, describe=f"{spec.display}: ")
+    rows = coverage(pairs, index, spec)
+    return {
+        "dataset": spec.key,
+        "source": source,
+        "rule": {"class_order": list(spec.rarest_first), "queries_per_class": queries_per_class,
+                 "supports_per_query": supports_per_query, "query_pool": index.query_pool},
+        "pairs": [{"query": ids[p.query], "support": ids[p.support], "class_id": p.class_id} for p in pairs],
+        "coverage": rows,
+    }
+
+
+def load_pairs(path: str | Path) -> list[dict]:
+    """Read a pairs JSON written by `oshp pairs` (``{"pairs": [{"query", "support", "class_id"}]}``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        pairs = data["pairs"]
+        for p in pairs:
+            p["query"], p["support"], p["class_id"] = str(p["query"]), str(p["support"]), int(p["class_id"])
+    except FileNotFoundError as err:
+        raise DatasetError(f"missing pairs file {path}; write one with `oshp pairs --dataset D --out {path}`") from err
+    except (KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{path} is not a pairs file written by `oshp pairs` ({err}); regenerate it") from err
+    return pairs
+
+
+def meta_train_pools(ds: ReleaseLayoutDataset) -> tuple[list[str], list[str]]:
+    """Meta-train query pool (first N sorted train ids) and support pool (the rest), paper section 5."""
+    ids = ds.ids("train")
+    n = ds.train_query_pool
+    if not 0 < n < len(ids):
+        raise DatasetError(
+            f"{ds.root}: the meta-train query pool is the first {n} of {len(ids)} train ids, which leaves an "
+            f"empty pool; set train_query_pool in {ds.root / 'oshp_dataset.json'}"
+        )
+    return ids[:n], ids[n:]
