@@ -82,7 +82,7 @@ def load_rgb(path: Path | str) -> np.ndarray:
         raise DatasetError(f"missing image {path}; run `oshp check-data` on the dataset root to list every problem")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
     except OSError as err:
         raise DatasetError(f"cannot read image {path} ({err}); the file is corrupt, replace it") from err
 
@@ -99,7 +99,7 @@ def load_label_map(path: Path | str, spec: DatasetSpec | None = None) -> np.ndar
                     f"{path} is a {img.mode} image; label maps must be single-channel PNGs of class ids "
                     f"(mode 'L' or 'P'), not colour visualisations"
                 )
-            label = np.asarray(img)
+            label = np.array(img)
     except OSError as err:
         raise DatasetError(f"cannot read label map {path} ({err}); the file is corrupt, replace it") from err
     if label.dtype != np.uint8:
