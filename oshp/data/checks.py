@@ -146,7 +146,7 @@ def _check_one(task: tuple[str, str, str, bool, bool, bool, bool]) -> list[tuple
                 found.append(("label_values", str(label_path),
                               f"label values {bad} are outside the {spec.display} vocabulary "
                               f"(0..{spec.num_raw_classes - 1} and 255 = ignore)",
-                              f"check this is a {spec.key.upper()} label map (or pass the right --dataset) and "
+                              f"check this is a label map of {spec.key.upper()} (or pass the right --dataset) and "
                               f"replace it with the original annotation"))
             if image_size is not None and (label.shape[1], label.shape[0]) != image_size:
                 found.append(("size", str(label_path),

@@ -290,6 +290,6 @@ def validate_label_values(label: np.ndarray, spec: DatasetSpec, where: str = "la
     if bad:
         raise ValueError(
             f"{where}: label values {bad} are outside the {spec.display} vocabulary "
-            f"(0..{spec.num_raw_classes - 1}, and 255 = ignore). Is this a {spec.key.upper()} label map, "
+            f"(0..{spec.num_raw_classes - 1}, and 255 = ignore). Is this a label map of {spec.key.upper()}, "
             f"saved as a single-channel (mode 'L' or 'P') PNG of class ids rather than a colour image?"
         )

@@ -1,0 +1,135 @@
+"""Model size and compute (paper section 6.7, Table 5): parameters and multiply-accumulates.
+
+MACs are counted with ``torch.utils.flop_counter.FlopCounterMode``, which records the FLOPs of convolutions and matrix
+products (conv, mm/addmm/bmm, einsum lowered to bmm, attention) and nothing else (no BN, activations, pooling,
+interpolation or softmax). It reports 2 FLOPs per multiply-accumulate, so ``MACs = FLOPs / 2``. This is the usual
+convention of MAC counters (thop/fvcore count the same layers), and the one the facts' release measurements use.
+
+Table 5 setting: a 512 x 512 query and a 512 x 512 support with k = 5 support classes, inference (eval mode).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity", "PAPER_TABLE5"]
+
+PAPER_TABLE5 = {"eopnet": {"params_m": 42.5, "gmacs": 129.3, "fps": 12.0}}
+"""The paper's Table 5 row for EOP-Net (512 x 512, k = 5)."""
+
+# ATR ids used for the k synthetic support classes (OSHP foreground classes, rarest first is irrelevant here)
+_ATR_FOREGROUND = (2, 4, 11, 14, 12, 9, 6, 1, 16, 5, 7)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> float:
+    """Parameters in millions; trainable ones only by default. Buffers (BN statistics, prototype memory) never count."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only) / 1e6
+
+
+def parameter_summary(model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameters and buffer elements, in millions."""
+    return {
+        "trainable_m": count_parameters(model, True),
+        "total_m": count_parameters(model, False),
+        "buffers_m": sum(b.numel() for b in model.buffers()) / 1e6,
+    }
+
+
+def count_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> float:
+    """GMACs of one ``model(*inputs, **kwargs)`` call (under ``torch.no_grad``; MACs = FLOPs / 2)."""
+    return _count(model, inputs, kwargs)[0]
+
+
+def _count(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any]) -> tuple[float, FlopCounterMode]:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(*inputs, **kwargs)
+    return counter.get_total_flops() / 2 / 1e9, counter
+
+
+def _breakdown(counter: FlopCounterMode, model: nn.Module) -> dict[str, float]:
+    """GMACs per direct child module of ``model`` (and the rest, e.g. cosine maps, under "other")."""
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    total = sum(counts.get("Global", {}).values())
+    out: dict[str, float] = {}
+    for name, _ in model.named_children():
+        key = f"{root}.{name}"
+        if key in counts:
+            out[name] = sum(counts[key].values()) / 2 / 1e9
+    if "backbone" in dict(model.named_children()):
+        body = f"{root}.backbone.body"
+        if body in counts:
+            out["backbone.body"] = sum(counts[body].values()) / 2 / 1e9
+            out["backbone.fusion"] = out["backbone"] - out["backbone.body"]
+            del out["backbone"]
+    out["other"] = total / 2 / 1e9 - sum(out.values())
+    return out
+
+
+def _synthetic_episode(image_size: int, ways: int, num_classes: int, way: str) -> tuple[torch.Tensor, ...]:
+    """Query/support images and a support mask with ``ways`` foreground classes in vertical bands."""
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(1, 3, image_size, image_size, generator=g)
+    support = torch.randn(1, 3, image_size, image_size, generator=g)
+    label = torch.zeros(1, image_size, image_size, dtype=torch.long)
+    ids = [c for c in _ATR_FOREGROUND if c < num_classes][: (1 if way == "1" else ways)]
+    if len(ids) < (1 if way == "1" else ways):
+        ids = list(range(1, min(num_classes, ways + 1)))
+    band = max(1, image_size // (len(ids) + 1))
+    for i, c in enumerate(ids):
+        label[:, image_size // 8: image_size - image_size // 8, (i + 1) * band - band // 2: (i + 1) * band + band // 2] = c
+    return query, support, label
+
+
+def complexity(
+    method: str = "eopnet",
+    image_size: int = 512,
+    ways: int = 5,
+    backbone: str = "xception65",
+    num_classes: int = 18,
+    way: str = "k",
+    **config_overrides: Any,
+) -> dict[str, Any]:
+    """Parameters and inference GMACs of a model in the Table 5 setting (one query + one support, eval mode).
+
+    Builds the model with random weights (nothing is downloaded) and runs one real forward on the CPU under
+    FlopCounterMode (EOP-Net's episode classes are data dependent, so a meta-device forward is not possible; the
+    xception65 / 512 px forward takes a few seconds to a minute on a CPU). ``config_overrides`` go to
+    :class:`oshp.models.eopnet.EOPNetConfig` (e.g. ``coarse_at_eval=False`` for the NPM-only path).
+
+    Returns a dict with ``params_m`` (trainable, millions), ``params_total_m``, ``gmacs``, ``breakdown_gmacs`` (per
+    component), ``image_size``, ``ways``, ``method``, ``backbone``, ``counter`` (how MACs were counted), ``seconds``,
+    and ``paper`` (the Table 5 numbers, when known).
+    """
+    if method.lower() not in ("eopnet", "eop-net"):
+        raise ValueError(f"complexity() knows method 'eopnet'; got {method!r}")
+    from oshp.models.eopnet import EOPNet, EOPNetConfig
+
+    cfg = EOPNetConfig(num_classes=num_classes, backbone=backbone, pretrained=False, way=way,  # type: ignore[arg-type]
+                       **config_overrides)
+    model = EOPNet(cfg).eval()
+    query, support, label = _synthetic_episode(image_size, ways, num_classes, way)
+    t0 = time.perf_counter()
+    gmacs, counter = _count(model, (query, support, label), {})
+    seconds = time.perf_counter() - t0
+    summary = parameter_summary(model)
+    return {
+        "method": "eopnet",
+        "params_m": summary["trainable_m"],
+        "params_total_m": summary["total_m"],
+        "gmacs": gmacs,
+        "breakdown_gmacs": _breakdown(counter, model),
+        "image_size": image_size,
+        "ways": ways,
+        "backbone": backbone,
+        "counter": "torch.utils.flop_counter.FlopCounterMode (conv/matmul only), MACs = FLOPs / 2",
+        "seconds": seconds,
+        "paper": PAPER_TABLE5["eopnet"],
+    }

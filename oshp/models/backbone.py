@@ -1,0 +1,219 @@
+"""The embedding network G(.; theta) of EOP-Net (paper section 4.1): a timm backbone with a DeepLabV3+-style fusion.
+
+The paper uses an aligned Xception-65 (output stride 16) and, "similar to DeepLab V3+", complements the high-level exit
+flow with low-level entry-flow features. The release does this in its ``feature_lvl='mid'`` mode (facts 3.1): the
+stride-16 map is projected to 256 channels and upsampled to stride 4, concatenated with the stride-4 low-level map
+projected to 48 channels, and fused by one separable conv block into a 256-d stride-4 map. ASPP is *not* used (the
+release instantiates it but never runs it; its 3.1 M parameters are dead weight and are not built here).
+
+Any timm ``features_only`` model works: the stride-4 map and the deepest map are found through
+``feature_info.reduction()``, and ``output_stride=16`` is passed only where the model accepts it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DeepLabFeatures", "SeparableConvBlock", "ConvBNReLU", "load_checkpoint_file"]
+
+
+class ConvBNReLU(nn.Sequential):
+    """1x1 (or kxk) conv without bias, BatchNorm, ReLU."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+class SeparableConvBlock(nn.Sequential):
+    """Depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU (the release's ``Decoder_module``)."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+            nn.BatchNorm2d(in_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_ch, out_ch, 1, bias=False),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from ``.pth/.pt/.bin/.ckpt`` (torch) or ``.safetensors``; unwrap common containers.
+
+    Raises FileNotFoundError naming the path and the fix when the file is missing.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"backbone checkpoint not found: {path!r}. Pass weights= the path of an existing local checkpoint "
+            "(a timm state dict for this backbone, or a saved DeepLabFeatures/EOPNet state dict), "
+            "or weights=None with pretrained=False to start from random weights."
+        )
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:  # pragma: no cover - safetensors ships with timm
+            raise RuntimeError(f"reading {path!r} needs the 'safetensors' package: pip install safetensors") from err
+        sd: object = load_file(path, device="cpu")
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"could not read {path!r} as a torch checkpoint ({type(err).__name__}: {err})") from err
+    for key in ("state_dict", "model", "state_dict_ema", "model_state"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
+            sd = sd[key]
+            break
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path!r} does not hold a state dict (a mapping of parameter names to tensors)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def _accepts_output_stride(name: str, output_stride: int) -> bool:
+    """Probe on the meta device (no memory, no weights) whether ``name`` takes ``output_stride``."""
+    try:
+        with torch.device("meta"):
+            timm.create_model(name, features_only=True, pretrained=False, output_stride=output_stride)
+        return True
+    except Exception:  # unsupported kwarg (TypeError/AssertionError/...): build without it
+        return False
+
+
+class DeepLabFeatures(nn.Module):
+    """Siamese embedding network: timm backbone + DeepLabV3+ low/high-level fusion -> 256-d stride-4 features.
+
+    Args:
+        name: any timm model with ``features_only`` support; default ``"xception65"`` (aligned Xception-65, the paper's
+            backbone). ``"mobilenetv3_small_050"`` or ``"resnet18"`` give small CPU backbones through the same code.
+        pretrained: fetch timm's ImageNet weights (needs network access to the Hugging Face hub on first use).
+            The paper initialises from COCO-pretrained DeepLab weights, which timm does not host; use ``weights=``.
+        weights: path of a local checkpoint: a timm state dict of this backbone (classifier keys are ignored), or a
+            saved ``DeepLabFeatures`` / ``EOPNet`` state dict (keys ``body.*`` / ``backbone.body.*``). Takes
+            precedence over ``pretrained`` (nothing is downloaded).
+        output_stride: 16 as in the paper; passed only where the timm model supports it.
+        low_level_channels: width of the projected low-level map (48 in DeepLabV3+ and the release).
+        out_channels: width of the fused map (256 in the paper).
+    """
+
+    out_channels: int = 256
+
+    def __init__(
+        self,
+        name: str = "xception65",
+        pretrained: bool = False,
+        weights: str | os.PathLike | None = None,
+        output_stride: int = 16,
+        low_level_channels: int = 48,
+        out_channels: int = 256,
+    ) -> None:
+        super().__init__()
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+            raise ValueError(f"unknown timm backbone {name!r}; similar names: {close or 'none'} (see timm.list_models())")
+        self.name = name
+        self.out_channels = out_channels
+        kwargs: dict = {"features_only": True}
+        self.output_stride: int | None = None
+        if output_stride and _accepts_output_stride(name, output_stride):
+            kwargs["output_stride"] = output_stride
+            self.output_stride = output_stride
+        fetch = pretrained and weights is None
+        if fetch:
+            try:
+                body = timm.create_model(name, pretrained=True, **kwargs)
+            except Exception as err:  # any failure here is a fetch failure: the name and kwargs were checked above
+                raise RuntimeError(
+                    f"pretrained weights for backbone {name!r} could not be fetched ({type(err).__name__}: {err}). "
+                    "pretrained=True needs network access to the Hugging Face model hub on first use (the weights are "
+                    "cached afterwards). Offline, pass a local checkpoint path with weights='/path/to/ckpt.pth', "
+                    "or use pretrained=False."
+                ) from err
+        else:
+            body = timm.create_model(name, pretrained=False, **kwargs)
+        self.body = body
+        reductions = list(body.feature_info.reduction())
+        channels = list(body.feature_info.channels())
+        at4 = [i for i, r in enumerate(reductions) if r == 4]
+        if at4:
+            self.low_index = at4[-1]
+        else:  # no exact stride-4 map: the finest map not coarser than stride 4, else the finest there is
+            ge4 = [i for i, r in enumerate(reductions) if r >= 4]
+            self.low_index = ge4[0] if ge4 else 0
+        self.high_index = len(reductions) - 1
+        self.low_reduction = reductions[self.low_index]
+        self.high_reduction = reductions[self.high_index]
+        self.high_proj = ConvBNReLU(channels[self.high_index], out_channels)
+        self.low_proj = ConvBNReLU(channels[self.low_index], low_level_channels)
+        self.fuse = SeparableConvBlock(out_channels + low_level_channels, out_channels)
+        for m in (self.high_proj, self.low_proj, self.fuse):
+            for mod in m.modules():
+                if isinstance(mod, nn.Conv2d):
+                    nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        if weights is not None:
+            self.load_weights(weights)
+
+    # ------------------------------------------------------------------------------------------------ weights
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load a local checkpoint (see the class docstring); clear errors for missing files and mismatched keys."""
+        sd = load_checkpoint_file(path)
+        if any(k.startswith("backbone.body.") for k in sd):  # an EOPNet checkpoint
+            sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        if any(k.startswith("body.") for k in sd):
+            self._strict_load(self, sd, path)
+            return
+        target = self.body.state_dict()
+        mapped: dict[str, torch.Tensor] = {}
+        missing: list[str] = []
+        bad_shape: list[str] = []
+        for tk, tv in target.items():
+            head, _, rest = tk.partition(".")
+            alt = head.replace("_", ".", 1) + ("." + rest if rest else "")  # FeatureHookNet flattens 'blocks.0' -> 'blocks_0'
+            src = tk if tk in sd else (alt if alt in sd else None)
+            if src is None:
+                missing.append(tk)
+            elif sd[src].shape != tv.shape:
+                bad_shape.append(f"{tk}: checkpoint {tuple(sd[src].shape)} vs model {tuple(tv.shape)}")
+            else:
+                mapped[tk] = sd[src]
+        if missing or bad_shape:
+            hint = "" if mapped else f" None of its {len(sd)} keys match: is it a checkpoint of {self.name!r}?"
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} does not fit backbone {self.name!r}: {len(missing)} missing keys "
+                f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(bad_shape)} shape mismatches "
+                f"{bad_shape[:3]}.{hint}"
+            )
+        self.body.load_state_dict(mapped, strict=True)
+
+    @staticmethod
+    def _strict_load(module: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+        result_missing = [k for k in module.state_dict() if k not in sd]
+        unexpected = [k for k in sd if k not in module.state_dict()]
+        if result_missing or unexpected:
+            raise ValueError(
+                f"checkpoint {os.fspath(path)!r} does not match this DeepLabFeatures: missing keys "
+                f"{result_missing[:5]} ({len(result_missing)}), unexpected keys {unexpected[:5]} ({len(unexpected)})"
+            )
+        try:
+            module.load_state_dict(sd, strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} has tensors of the wrong shape: {err}") from err
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W image -> B x 256 x H/4 x W/4 features (g = G(I; theta) of section 4.1)."""
+        feats = self.body(x)
+        low = self.low_proj(feats[self.low_index])
+        high = self.high_proj(feats[self.high_index])
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([high, low], dim=1))

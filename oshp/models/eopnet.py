@@ -1,0 +1,576 @@
+"""EOP-Net (paper section 4): end-to-end one-shot human parsing with dual-metric learning.
+
+One siamese embedding network (section 4.1) feeds two metric spaces (eq. 1): a coarse space (human vs background) and a
+fine space (the support's part classes). In each space prototypes come from the support mask by masked average
+pooling (eq. 2), optionally smoothed into dynamic prototypes (eq. 3). The fine space has two heads on the cosine
+maps (eq. 4): the Attention Guidance Module (AGM, eqs. 5-7) and the Nearest Prototype Module (NPM, eqs. 8-9), trained
+together with the weight-shifting dual-metric loss (eq. 10); the coarse space uses AGM only (beta = 1). A prototype
+contrastive loss (eqs. 11-12) is added in the fine space; eq. 13 sums everything.
+
+Cost: the heads run only over the k classes present in each support (the release loops over every id, facts 3.3),
+and in eval mode AGM is skipped (beta = 0 after weight shifting), so inference is backbone + 1x1 projections + NPM
+(+ the coarse head, whose human mask the end-to-end model outputs alongside the parts).
+
+Labels keep raw dataset ids (``oshp.data.vocab``): background 0, ignore 255, k-way logits have ``num_classes``
+channels indexed by raw id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
+from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
+from oshp.models.prototypes import (
+    MaskMode,
+    PrototypeMemory,
+    TestPrototypes,
+    cosine_similarity_maps,
+    downsample_mask,
+    masked_average_pooling,
+)
+
+__all__ = ["EOPNetConfig", "EOPNet", "AGMHead", "NPMHead", "LOW_LOGIT", "TABLE4_ROWS"]
+
+LOW_LOGIT = -1.0e4
+"""Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
+
+BACKGROUND = 0
+
+TABLE4_ROWS: dict[str, dict[str, bool]] = {
+    "AGM": dict(use_agm=True, use_npm=False, weight_shifting=False, multi_task=False, contrastive=False),
+    "NPM": dict(use_agm=False, use_npm=True, weight_shifting=False, multi_task=False, contrastive=False),
+    "DML": dict(use_agm=True, use_npm=True, weight_shifting=False, multi_task=False, contrastive=False),
+    "DML+WS": dict(use_agm=True, use_npm=True, weight_shifting=True, multi_task=False, contrastive=False),
+    "DML+WS+MT": dict(use_agm=True, use_npm=True, weight_shifting=True, multi_task=True, contrastive=False),
+    "DML+WS+MT+CL": dict(use_agm=True, use_npm=True, weight_shifting=True, multi_task=True, contrastive=True),
+}
+"""The rows of the paper's Table 4 (ablation on ATR-OS fold 1) as config switches.
+
+Section 6.6.1 writes "only applying AGM (beta = 0 in Eqs. (10))" and "only NPM (beta = 1)", the reverse of eq. 10,
+where beta weighs AGM; the switches here follow eq. 10 (AGM only = beta 1), which is what the text means.
+"""
+
+
+@dataclass
+class EOPNetConfig:
+    """Every knob of EOP-Net. Defaults follow the paper; :meth:`release_compat` gives the authors' release.
+
+    Paper defaults (sections 4 and 6.1): Xception-65 backbone, 256-d metric spaces, alpha = 0.001, 3 warm-up epochs of
+    static prototypes, tau = 0.1, all lambdas 1, every Table 4 component on.
+    """
+
+    num_classes: int = 18
+    """Raw id count of the dataset (ATR 18, LIP/CIHP 20); k-way logits have this many channels."""
+    backbone: str = "xception65"
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    output_stride: int = 16
+    embed_dim: int = 256
+    """Width of the two metric spaces (the f_i of eq. 1) and of the AGM trunk."""
+    way: Literal["k", "1"] = "k"
+    alpha: float = 0.001
+    """Momentum of the dynamic prototypes (eq. 3)."""
+    warmup_epochs: int = 3
+    """Epochs 0 .. warmup_epochs-1 use static prototypes (paper: "the first 3 epochs")."""
+    tau: float = 0.1
+    lambda_nca: float = 1.0
+    lambda_dml_fine: float = 1.0
+    lambda_dml_coarse: float = 1.0
+    # --- Table 4 and Fig. 7 switches
+    use_agm: bool = True
+    use_npm: bool = True
+    weight_shifting: bool = True
+    """beta = 1 - epoch/max_epoch (section 4.3.3); off: beta fixed at 0.5 (Table 4 row "DML")."""
+    multi_task: bool = True
+    """Coarse human-vs-background metric space (section 4.1, Table 4 "MT")."""
+    contrastive: bool = True
+    """Prototype-level contrastive loss (section 4.4, Table 4 "CL")."""
+    dynamic_prototypes: bool = True
+    """Momentum-updated prototypes (section 4.2, Fig. 7 "DP"); off: static prototypes throughout."""
+    # --- choices the paper leaves open
+    agm_trunk: Literal["release", "separable"] = "release"
+    """phi_AGM: "release" = two 3x3 convs + one separable block (the release's layers; with them the model has the
+    paper's Table 5 size); "separable" = three separable blocks (a literal "several separable convolutional layers")."""
+    npm_scale_init: float = 10.0
+    """Initial learnable temperature on the NPM logits (the release's ``scaler``; eq. 9 has none, but cosines lie in
+    [-1, 1] and an unscaled softmax over them starts almost uniform)."""
+    mask_downsample: MaskMode = "area"
+    """How support/query masks reach the stride-4 grid for eqs. 2 and 11 (see oshp.models.prototypes)."""
+    test_prototypes: TestPrototypes = "memory"
+    """Eval: "memory" = base classes use their dynamic prototype (eq. 3 applied with the support), novel classes the
+    static one (section 4.2); "static" = every class uses the support's static prototype (strict one-shot)."""
+    restrict_to_support: bool = True
+    """k-way logits of classes absent from the support are LOW_LOGIT (the release leaves them constant, facts 3.6)."""
+    coarse_at_eval: bool = True
+    """Run the coarse head in eval mode and return the human mask (``"coarse"``)."""
+    foreground_screening: bool = False
+    """Release: at test time pixels the coarse head calls background are forced to class 0 (facts 3.6)."""
+    eval_agm: bool = False
+    """Also run AGM in eval mode (for logging it, as the release does); ``"pred"`` stays NPM."""
+    sync_memory: bool = True
+    """Average prototype-memory updates across torch.distributed ranks after each training forward."""
+    align_corners: bool = False
+    """Bilinear upsampling of logits to the input size (the release uses True)."""
+
+    def __post_init__(self) -> None:
+        if self.way not in ("k", "1"):
+            raise ValueError(f"way must be 'k' or '1', not {self.way!r}")
+        if not (self.use_agm or self.use_npm):
+            raise ValueError("at least one of use_agm and use_npm must be on")
+        if self.num_classes < 2 or self.num_classes > 255:
+            raise ValueError(f"num_classes must be in 2..255 (raw ids, 255 = ignore), got {self.num_classes}")
+        if self.agm_trunk not in ("release", "separable"):
+            raise ValueError(f"agm_trunk must be 'release' or 'separable', not {self.agm_trunk!r}")
+        if self.mask_downsample not in ("area", "nearest"):
+            raise ValueError(f"mask_downsample must be 'area' or 'nearest', not {self.mask_downsample!r}")
+        if self.test_prototypes not in ("memory", "static"):
+            raise ValueError(f"test_prototypes must be 'memory' or 'static', not {self.test_prototypes!r}")
+        if self.foreground_screening and not self.multi_task:
+            raise ValueError("foreground_screening needs the coarse space: set multi_task=True")
+
+    @classmethod
+    def release_compat(cls, **overrides: object) -> "EOPNetConfig":
+        """Behaviour of the authors' release (facts sections 3 and 6), where it differs from the paper.
+
+        ``warmup_epochs=26`` (the release's ``epoch <= prototype_warmup`` with 25 keeps epochs 0..25 static),
+        ``test_prototypes="memory"``, ``foreground_screening=True``, ``restrict_to_support=False``,
+        ``mask_downsample="nearest"``, ``align_corners=True``, ``eval_agm=True``. Release bugs (the coarse space's
+        epoch-as-warm-up flag, the NPM background mean over all ids) are not reproduced.
+        """
+        base = dict(warmup_epochs=26, test_prototypes="memory", foreground_screening=True, restrict_to_support=False,
+                    mask_downsample="nearest", align_corners=True, eval_agm=True)
+        base.update(overrides)
+        return cls(**base)  # type: ignore[arg-type]
+
+    @classmethod
+    def ablation(cls, row: str, **overrides: object) -> "EOPNetConfig":
+        """A row of Table 4 by name: 'AGM', 'NPM', 'DML', 'DML+WS', 'DML+WS+MT', 'DML+WS+MT+CL'."""
+        key = row.replace(" ", "").upper()
+        if key not in TABLE4_ROWS:
+            raise ValueError(f"unknown Table 4 row {row!r}; rows: {list(TABLE4_ROWS)}")
+        base: dict = dict(TABLE4_ROWS[key])
+        base.update(overrides)
+        return cls(**base)
+
+
+def _group_mean(x: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of the P x h x w maps ``x`` within each of ``n`` groups (group[p] = sample of pair p)."""
+    sums = x.new_zeros((n,) + tuple(x.shape[1:])).index_add(0, group, x)
+    counts = torch.bincount(group, minlength=n).clamp_min(1).to(x.dtype)
+    return sums / counts.view(-1, *([1] * (x.dim() - 1)))
+
+
+def _identity_affine(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.ones_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class NPMHead(nn.Module):
+    """Nearest Prototype Module (eqs. 8-9): scalar projections of the cosine maps, no spatial parameters.
+
+    m_bg = omega_NPM(mean_c (1 - m_c)) (eq. 8); logits = [phi_NPM_bg(m_bg), phi_NPM(m_c) ...] (eq. 9), each times a
+    learnable temperature. phi/omega are 1x1 "fully-connected" maps on one-channel maps, initialised to identity.
+    """
+
+    def __init__(self, scale_init: float = 10.0) -> None:
+        super().__init__()
+        self.phi = _identity_affine(nn.Conv2d(1, 1, 1))
+        self.phi_bg = _identity_affine(nn.Conv2d(1, 1, 1))
+        self.omega = _identity_affine(nn.Conv2d(1, 1, 1))
+        self.scale = nn.Parameter(torch.tensor(float(scale_init)))
+
+    def background_similarity(self, sims: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
+        """m_bg of eq. 8: omega_NPM of the mean over each sample's classes of (1 - m_c); P x h x w -> n x h x w."""
+        mean = _group_mean(1.0 - sims, group, n)
+        return self.omega(mean.unsqueeze(1)).squeeze(1)
+
+    def forward(self, sims: torch.Tensor, group: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """P x h x w cosine maps -> (P x h x w class logits, n x h x w background logits)."""
+        fg = self.scale * self.phi(sims.unsqueeze(1)).squeeze(1)
+        bg = self.scale * self.phi_bg(self.background_similarity(sims, group, n).unsqueeze(1)).squeeze(1)
+        return fg, bg
+
+    def absent_logit(self) -> torch.Tensor:
+        """The logit of a class whose cosine map is 0 (the release's zero prototype)."""
+        return self.scale * self.phi.bias[0]
+
+
+class AGMHead(nn.Module):
+    """Attention Guidance Module (eqs. 5-7).
+
+    r_c = m_c * h^q + h^q (eq. 5); a shared trunk phi_AGM ends in a 1x1 conv with two outputs per class: the class
+    score l_c (eq. 6, left) and that class's background score phi_AGM_bg(r_c); l_bg = omega_AGM(mean_c of the latter)
+    (eq. 6, right). The softmax of eq. 7 is left to the loss / argmax.
+    """
+
+    def __init__(self, dim: int = 256, trunk: Literal["release", "separable"] = "release") -> None:
+        super().__init__()
+        if trunk == "release":
+            self.trunk = nn.Sequential(
+                nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, dim, 3, padding=1), SeparableConvBlock(dim, dim)
+            )
+        elif trunk == "separable":
+            self.trunk = nn.Sequential(*(SeparableConvBlock(dim, dim) for _ in range(3)))
+        else:
+            raise ValueError(f"AGM trunk must be 'release' or 'separable', not {trunk!r}")
+        self.classifier = nn.Conv2d(dim, 2, 1)
+        self.omega = _identity_affine(nn.Conv2d(1, 1, 1))
+        for m in self.trunk.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(
+        self, feats: torch.Tensor, sims: torch.Tensor, group: torch.Tensor, n: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """P x D x h x w query features (one per pair), P x h x w cosine maps -> (P x h x w l_c, n x h x w l_bg)."""
+        r = feats * sims.unsqueeze(1) + feats
+        out = self.classifier(self.trunk(r))
+        bg = self.omega(_group_mean(out[:, 1], group, n).unsqueeze(1)).squeeze(1)
+        return out[:, 0], bg
+
+    def absent_logit(self) -> torch.Tensor:
+        """A learned constant for classes absent from the support (only used with restrict_to_support=False)."""
+        return self.classifier.bias[0]
+
+
+def _is_int(t: torch.Tensor) -> bool:
+    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
+
+
+class EOPNet(nn.Module):
+    """EOP-Net for k-way or 1-way one-shot human parsing (see the module docstring and :class:`EOPNetConfig`).
+
+    Call ``forward(query, support, support_label, ...)``; ``model.eval()`` gives the inference path (NPM only).
+    """
+
+    def __init__(self, config: EOPNetConfig | None = None, **overrides: object) -> None:
+        super().__init__()
+        cfg = config if config is not None else EOPNetConfig()
+        if overrides:
+            cfg = dataclasses.replace(cfg, **overrides)
+        self.config = cfg
+        self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,
+                                        output_stride=cfg.output_stride)
+        c, d = self.backbone.out_channels, cfg.embed_dim
+        self.fine_proj = nn.Conv2d(c, d, 1)  # f_2 of eq. 1
+        self.fine_memory = PrototypeMemory(cfg.num_classes, d, cfg.alpha, cfg.warmup_epochs, cfg.test_prototypes,
+                                           enabled=cfg.dynamic_prototypes)
+        self.npm = NPMHead(cfg.npm_scale_init) if cfg.use_npm else None
+        self.agm = AGMHead(d, cfg.agm_trunk) if cfg.use_agm else None
+        if cfg.multi_task:
+            self.coarse_proj = nn.Conv2d(c, d, 1)  # f_1 of eq. 1
+            # slot 1 = human (slot 0, background, is unused: no background prototype is built, section 4.2)
+            self.coarse_memory = PrototypeMemory(2, d, cfg.alpha, cfg.warmup_epochs, cfg.test_prototypes,
+                                                 enabled=cfg.dynamic_prototypes)
+            self.coarse_agm = AGMHead(d, cfg.agm_trunk)
+        else:
+            self.coarse_proj = self.coarse_memory = self.coarse_agm = None
+
+    @property
+    def num_outputs(self) -> int:
+        """Channels of the fine logits: ``num_classes`` (k-way) or 2 (1-way: background, the episode's class)."""
+        return self.config.num_classes if self.config.way == "k" else 2
+
+    # ------------------------------------------------------------------------------------------------ validation
+    def _check_inputs(
+        self,
+        query: torch.Tensor,
+        support: torch.Tensor,
+        support_label: torch.Tensor,
+        support_human: torch.Tensor | None,
+        query_label: torch.Tensor | None,
+        query_human: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        for name, img in (("query", query), ("support", support)):
+            if not isinstance(img, torch.Tensor) or img.dim() != 4:
+                raise ValueError(f"{name} must be a B x 3 x H x W image tensor, got "
+                                 f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
+            if not img.dtype.is_floating_point:
+                raise ValueError(f"{name} must be a floating-point (normalised) image tensor, got dtype {img.dtype}")
+        if query.shape[0] != support.shape[0]:
+            raise ValueError(f"query batch {query.shape[0]} != support batch {support.shape[0]}; one support per query")
+        if query.shape[1] != support.shape[1]:
+            raise ValueError(f"query has {query.shape[1]} channels and support {support.shape[1]}")
+
+        def label(name: str, t: torch.Tensor | None, img: torch.Tensor, img_name: str, binary: bool = False):
+            if t is None:
+                return None
+            if t.dim() == 4 and t.shape[1] == 1:
+                t = t[:, 0]
+            if binary and t.dtype == torch.bool:
+                t = t.to(torch.uint8)
+            if not _is_int(t):
+                raise ValueError(f"{name} must be an integer tensor of class ids (uint8/int64), got dtype {t.dtype}")
+            if t.dim() != 3 or t.shape[0] != img.shape[0] or t.shape[-2:] != img.shape[-2:]:
+                raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {img_name} of shape "
+                                 f"{tuple(img.shape)}: expected {(img.shape[0],) + tuple(img.shape[-2:])}")
+            valid = t[t != IGNORE_INDEX]
+            limit = 2 if binary else self.config.num_classes
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= limit):
+                raise ValueError(f"{name} holds ids outside 0..{limit - 1} (and {IGNORE_INDEX} = ignore): "
+                                 f"min {int(valid.min())}, max {int(valid.max())}")
+            return t.long()
+
+        support_label = label("support_label", support_label, support, "support")
+        support_human = label("support_human", support_human, support, "support", binary=True)
+        query_label = label("query_label", query_label, query, "query")
+        query_human = label("query_human", query_human, query, "query", binary=True)
+        fg = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
+        empty = (~fg.flatten(1).any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"support mask has no foreground pixels: annotate at least one class "
+                             f"(support sample(s) {empty} hold only background/ignore)")
+        return support_label, support_human, query_label, query_human
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _support_classes(self, support_label: torch.Tensor) -> list[list[int]]:
+        classes = []
+        for b in range(support_label.shape[0]):
+            ids = [i for i in torch.unique(support_label[b]).tolist() if i not in (BACKGROUND, IGNORE_INDEX)]
+            if self.config.way == "1" and len(ids) != 1:
+                raise ValueError(f"1-way episodes need exactly one foreground class in each support mask; support "
+                                 f"sample {b} has ids {ids}")
+            classes.append(ids)
+        return classes
+
+    def _class_weights(self, label: torch.Tensor, classes: list[list[int]], size: tuple[int, int]) -> list[torch.Tensor]:
+        """Per sample, K_b x h x w weights of its classes on the feature grid."""
+        out = []
+        for b, ids in enumerate(classes):
+            ids_t = torch.as_tensor(ids, device=label.device, dtype=label.dtype).view(-1, 1, 1)
+            onehot = label[b].unsqueeze(0) == ids_t
+            out.append(downsample_mask(onehot, size, self.config.mask_downsample))
+        return out
+
+    def _pool(self, feats: torch.Tensor, weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        protos, present = [], []
+        for b, w in enumerate(weights):
+            p, m = masked_average_pooling(feats[b:b + 1], w.unsqueeze(0))
+            protos.append(p[0])
+            present.append(m[0])
+        return protos, present
+
+    def _scatter(self, fg: torch.Tensor, bg: torch.Tensor, group: torch.Tensor, channel: torch.Tensor,
+                 fill: torch.Tensor | float) -> torch.Tensor:
+        n, (h, w) = bg.shape[0], bg.shape[-2:]
+        fill_t = torch.as_tensor(fill, dtype=bg.dtype, device=bg.device)
+        out = fill_t.reshape(1, 1, 1, 1).expand(n, self.num_outputs, h, w).clone()
+        out = out.index_put((group, channel), fg)
+        return torch.cat([bg.unsqueeze(1), out[:, 1:]], dim=1)
+
+    def _upsample(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == tuple(size):
+            return x
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.config.align_corners)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(
+        self,
+        query: torch.Tensor,
+        support: torch.Tensor,
+        support_label: torch.Tensor,
+        support_human: torch.Tensor | None = None,
+        query_label: torch.Tensor | None = None,
+        query_human: torch.Tensor | None = None,
+        epoch: int = 0,
+        max_epoch: int = 1,
+    ) -> dict[str, object]:
+        """Parse ``query`` into the classes annotated in ``support_label``.
+
+        Args:
+            query, support: B x 3 x H x W float images (query and support sizes may differ).
+            support_label: B x H_s x W_s raw class ids (0 = background, 255 = ignore). 1-way: one foreground id.
+            support_human: B x H_s x W_s human mask (1 human, 0 background, 255 ignore) for the coarse prototypes;
+                default: every non-background support pixel (the paper aggregates all classes of C_human, so pass it
+                when novel classes were merged into background).
+            query_label: B x H x W raw ids, for the losses (training mode only). Pixels of classes the support lacks
+                become background (paper section 4.4, last paragraph; the data layer normally does this already).
+                1-way: pixels equal to the support's class are foreground, all others background.
+            query_human: B x H x W human mask for the coarse loss; default: non-background pixels of ``query_label``.
+            epoch, max_epoch: 0-based epoch and epoch count (weight shifting, eq. 10; prototype warm-up, eq. 3).
+        Returns:
+            dict with ``"npm"``/``"agm"`` (fine logits B x C x H x W when run), ``"coarse"`` (B x 2 x H x W),
+            ``"pred"`` (NPM when on, else AGM; screened if ``foreground_screening`` in eval), ``"beta"``,
+            ``"classes"`` (per-sample tuple of episode class ids), and in training mode with ``query_label``:
+            ``"loss_agm"``, ``"loss_npm"`` (detached CE terms), ``"loss_dml_fine"``, ``"loss_dml_coarse"``,
+            ``"loss_nca"`` and ``"loss"`` (eq. 13).
+        """
+        cfg = self.config
+        support_label, support_human, query_label, query_human = self._check_inputs(
+            query, support, support_label, support_human, query_label, query_human)
+        n, size_in = query.shape[0], tuple(query.shape[-2:])
+        training = self.training
+        beta = beta_schedule(epoch, max_epoch, cfg.weight_shifting) if (cfg.use_agm and cfg.use_npm) else \
+            (1.0 if cfg.use_agm else 0.0)
+
+        # --- embedding network (siamese, one pass when the shapes allow it)
+        if query.shape == support.shape:
+            g = self.backbone(torch.cat([query, support], dim=0))
+            gq, gs = g[:n], g[n:]
+        else:
+            gq, gs = self.backbone(query), self.backbone(support)
+        hq, hs = self.fine_proj(gq), self.fine_proj(gs)
+        size = (int(hq.shape[-2]), int(hq.shape[-1]))  # query feature grid
+        size_s = (int(hs.shape[-2]), int(hs.shape[-1]))  # support feature grid (sizes may differ at test time)
+
+        # --- episode classes and static support prototypes (eq. 2)
+        classes = self._support_classes(support_label)
+        s_weights = self._class_weights(support_label, classes, size_s)
+        s_protos, s_present = self._pool(hs, s_weights)
+        if cfg.mask_downsample == "nearest":  # classes that vanished on the feature grid leave the episode
+            for b in range(n):
+                keep = s_present[b]
+                if not bool(keep.any()):
+                    raise ValueError(f"support sample {b}: every annotated class vanished when the mask was "
+                                     f"nearest-downsampled to {size_s}; use mask_downsample='area'")
+                if not bool(keep.all()):
+                    classes[b] = [c for c, k in zip(classes[b], keep.tolist()) if k]
+                    s_weights[b], s_protos[b], s_present[b] = s_weights[b][keep], s_protos[b][keep], s_present[b][keep]
+        dev = hq.device
+        group = torch.cat([torch.full((len(ids),), b, dtype=torch.long) for b, ids in enumerate(classes)]).to(dev)
+        class_ids = [c for ids in classes for c in ids]
+        channel = torch.as_tensor(class_ids if cfg.way == "k" else [1] * len(class_ids), dtype=torch.long, device=dev)
+        static = torch.cat(s_protos, dim=0)
+
+        # --- dynamic prototypes (eq. 3) and cosine maps (eq. 4)
+        protos = self.fine_memory(static, class_ids, epoch)
+        sims = []
+        start = 0
+        for b, ids in enumerate(classes):
+            sims.append(cosine_similarity_maps(hq[b:b + 1], protos[start:start + len(ids)].unsqueeze(0))[0])
+            start += len(ids)
+        sims_t = torch.cat(sims, dim=0)  # P x h x w
+
+        # eval reports the inference weight: NPM alone (beta = 0 "after training") unless NPM is off
+        out: dict[str, object] = {"beta": beta if training else (0.0 if self.npm is not None else 1.0),
+                                  "classes": [tuple(ids) for ids in classes]}
+        # --- NPM (eqs. 8-9)
+        if self.npm is not None:
+            fg, bg = self.npm(sims_t, group, n)
+            fill = LOW_LOGIT if cfg.restrict_to_support else self.npm.absent_logit()
+            out["npm"] = self._upsample(self._scatter(fg, bg, group, channel, fill), size_in)
+        # --- AGM (eqs. 5-7): in training while beta > 0 (or when it is the only head); never at eval unless asked
+        run_agm = self.agm is not None and (
+            (training and (beta > 0 or self.npm is None)) or (not training and (self.npm is None or cfg.eval_agm)))
+        if run_agm:
+            fg, bg = self.agm(hq.index_select(0, group), sims_t, group, n)
+            fill = LOW_LOGIT if cfg.restrict_to_support else self.agm.absent_logit()
+            out["agm"] = self._upsample(self._scatter(fg, bg, group, channel, fill), size_in)
+
+        # --- coarse space: human vs background, AGM only (beta = 1)
+        run_coarse = self.coarse_agm is not None and (training or cfg.coarse_at_eval or cfg.foreground_screening)
+        if run_coarse:
+            h1q, h1s = self.coarse_proj(gq), self.coarse_proj(gs)
+            if support_human is None:
+                human = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
+            else:
+                human = support_human == 1
+            hw = downsample_mask(human, size_s, cfg.mask_downsample)
+            h_proto, h_present = masked_average_pooling(h1s, hw.unsqueeze(1))
+            h_proto, h_present = h_proto[:, 0], h_present[:, 0]
+            idx = h_present.nonzero().flatten()
+            if idx.numel():
+                used = self.coarse_memory(h_proto.index_select(0, idx), [1] * idx.numel(), epoch)
+                h_proto = h_proto.index_copy(0, idx, used.to(h_proto.dtype))
+            h_sims = cosine_similarity_maps(h1q, h_proto.unsqueeze(1))[:, 0]
+            arange = torch.arange(n, device=dev)
+            fg, bg = self.coarse_agm(h1q, h_sims, arange, n)
+            out["coarse"] = self._upsample(torch.stack([bg, fg], dim=1), size_in)
+
+        pred = out["npm"] if "npm" in out else out["agm"]
+        if not training and cfg.foreground_screening and "coarse" in out:
+            screen = out["coarse"].argmax(1) == BACKGROUND  # type: ignore[union-attr]
+            pred = pred.clone()  # type: ignore[union-attr]
+            pred[:, 0] = torch.where(screen, torch.full_like(pred[:, 0], -LOW_LOGIT), pred[:, 0])
+        out["pred"] = pred
+
+        if training and query_label is not None:
+            out.update(self._losses(out, query_label, query_human, classes, hq, s_protos, s_present, beta, size))
+        if training and cfg.sync_memory:
+            self._sync_memories()
+        return out
+
+    # ------------------------------------------------------------------------------------------------ losses
+    def restrict_query_label(self, query_label: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
+        """Query GT limited to each episode's support classes (k-way: raw ids; 1-way: 0/1). 255 stays 255."""
+        out = torch.zeros_like(query_label)
+        out[query_label == IGNORE_INDEX] = IGNORE_INDEX
+        for b, ids in enumerate(classes):
+            for c in ids:
+                out[b][query_label[b] == c] = c if self.config.way == "k" else 1
+        return out
+
+    def _losses(self, out: dict, query_label: torch.Tensor, query_human: torch.Tensor | None,
+                classes: list[list[int]], hq: torch.Tensor, s_protos: list[torch.Tensor],
+                s_present: list[torch.Tensor], beta: float, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        target = self.restrict_query_label(query_label, classes)
+        agm, npm = out.get("agm"), out.get("npm")
+        losses: dict[str, torch.Tensor] = {}
+        fine = dual_metric_loss(agm, npm, target, beta)  # eq. 10
+        with torch.no_grad():
+            if agm is not None:
+                losses["loss_agm"] = cross_entropy(agm, target)
+            if npm is not None:
+                losses["loss_npm"] = cross_entropy(npm, target)
+        zero = fine * 0.0
+        coarse = zero
+        if "coarse" in out:
+            if query_human is None:
+                human_t = ((query_label != BACKGROUND) & (query_label != IGNORE_INDEX)).long()
+                human_t[query_label == IGNORE_INDEX] = IGNORE_INDEX
+            else:
+                human_t = query_human
+            coarse = cross_entropy(out["coarse"], human_t)
+        nca = zero
+        if cfg.contrastive and cfg.way == "k":  # 1-way: one class, so eq. 12 is -log 1 = 0
+            q_weights = self._class_weights(target, classes, size)
+            q_protos, q_present = self._pool(hq, q_weights)
+            k = max(len(ids) for ids in classes)
+            d = hq.shape[1]
+
+            def pad(items: list[torch.Tensor], shape_tail: tuple, dtype) -> torch.Tensor:
+                res = hq.new_zeros((len(items), k) + shape_tail, dtype=dtype)
+                for b, t in enumerate(items):
+                    res[b, : t.shape[0]] = t
+                return res
+
+            nca = prototype_contrastive_loss(pad(q_protos, (d,), hq.dtype), pad(s_protos, (d,), hq.dtype),
+                                             pad(q_present, (), torch.bool), pad(s_present, (), torch.bool), cfg.tau)
+        total = cfg.lambda_nca * nca + cfg.lambda_dml_fine * fine + cfg.lambda_dml_coarse * coarse  # eq. 13
+        losses.update(loss_dml_fine=fine, loss_dml_coarse=coarse, loss_nca=nca, loss=total)
+        return losses
+
+    def _sync_memories(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            self.fine_memory.sync()
+            if self.coarse_memory is not None:
+                self.coarse_memory.sync()
+        else:
+            self.fine_memory._touched.zero_()
+            if self.coarse_memory is not None:
+                self.coarse_memory._touched.zero_()
+
+    @torch.no_grad()
+    def predict(self, query: torch.Tensor, support: torch.Tensor, support_label: torch.Tensor,
+                support_human: torch.Tensor | None = None) -> torch.Tensor:
+        """Eval-mode label map B x H x W: raw ids (k-way) or 0/1 (1-way). Restores the previous train/eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(query, support, support_label, support_human)
+        finally:
+            self.train(was_training)
+        return out["pred"].argmax(1)  # type: ignore[union-attr]
