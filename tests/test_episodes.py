@@ -33,7 +33,7 @@ def test_make_episode_one_way_by_hand():
     support = np.array([[5, 5, 11, 0]], np.uint8)
     img = torch.zeros(3, 1, 4)
     ep = make_episode(ATR, ATR.oshp_ids, img, query, img, support, way="1", class_id=5)
-    assert ep["query_label"].tolist() == [[0, 1, 255, 0]] and ep["support_label"].tolist() == [[1, 1, 0, 0]]
+    assert ep["query_label"].tolist() == [[0, 5, 255, 0]] and ep["support_label"].tolist() == [[5, 5, 0, 0]]
     assert ep["class_id"] == 5 and torch.nonzero(ep["support_classes"]).flatten().tolist() == [5]
     with pytest.raises(ValueError, match="needs the foreground class"):
         make_episode(ATR, ATR.oshp_ids, img, query, img, support, way="1")
@@ -77,8 +77,8 @@ def test_one_way_training_episodes(tiny_synthetic):
     assert drawn == set(ATR.base_foreground_ids(1))
     for i in range(0, len(episodes), 5):
         ep = episodes[i]
-        assert set(torch.unique(ep["support_label"]).tolist()) <= {0, 1, 255}
-        assert (ep["support_label"] == 1).any()  # the support shows its class
+        assert set(torch.unique(ep["support_label"]).tolist()) <= {0, ep["class_id"], 255}
+        assert (ep["support_label"] == ep["class_id"]).any()  # the support shows its class
         assert ep["class_id"] in ATR.base_foreground_ids(1)
     first = MetaTrainEpisodes(tiny_synthetic, 1, way="1", size=32, seed=0, pairs_per_class=3,
                               one_way_selection="first")
@@ -98,7 +98,7 @@ def test_meta_test_episodes_native_resolution(tiny_synthetic):
     assert ep["query_label"].shape == q_raw.shape
     assert classes(ep["query_label"]) <= classes(ep["support_label"])
     oneway = MetaTestEpisodes(tiny_synthetic, pairs, way="1")
-    assert set(torch.unique(oneway[1]["query_label"]).tolist()) <= {0, 1, 255} and oneway[1]["class_id"] == 5
+    assert set(torch.unique(oneway[1]["query_label"]).tolist()) <= {0, 5, 255} and oneway[1]["class_id"] == 5
     with pytest.raises(DatasetError, match="not in .*meta_test_id.txt"):
         MetaTestEpisodes(tiny_synthetic, [{"query": "nope", "support": ids[0], "class_id": 2}])
     with pytest.raises(ValueError, match="different sizes"):

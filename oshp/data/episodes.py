@@ -51,8 +51,9 @@ def make_episode(spec: DatasetSpec, keep: Sequence[int], query_image: torch.Tens
     C_human in meta-testing); every other class becomes background. Fields:
 
     * ``query_image``, ``support_image``: 3xHxW float in [0, 1];
-    * ``support_label``: HxW long, k-way OSHP ids / 1-way binary;
-    * ``query_label``: the target. k-way: OSHP ids restricted to the support's classes; 1-way: binary;
+    * ``support_label``: HxW long OSHP ids; 1-way: the episode's class id or background;
+    * ``query_label``: the target. k-way: OSHP ids restricted to the support's classes; 1-way: the
+      episode's class id or background (so the id still tells which prototype memory slot it is);
     * ``query_label_full``: the query's OSHP ids before that restriction (prototype-level contrastive
       loss, eq. 11, builds query prototypes from the query's own ground truth);
     * ``query_human``, ``support_human``: HxW long coarse masks (1 human, 0 background, 255 ignore);
@@ -72,8 +73,8 @@ def make_episode(spec: DatasetSpec, keep: Sequence[int], query_image: torch.Tens
         if class_id is None or class_id == BACKGROUND:
             raise ValueError("a 1-way episode needs the foreground class id it is about")
         support_cls = (class_id,) if np.any(support_oshp == class_id) else ()
-        support_label = binary_labels(support_oshp, class_id)
-        query_label = binary_labels(query_oshp, class_id)
+        support_label = _one_way(support_oshp, class_id)
+        query_label = _one_way(query_oshp, class_id)
     classes = torch.zeros(spec.num_raw_classes, dtype=torch.bool)
     classes[list(support_cls)] = True
     as_long = lambda a: torch.from_numpy(np.ascontiguousarray(a)).long()  # noqa: E731
@@ -88,6 +89,13 @@ def make_episode(spec: DatasetSpec, keep: Sequence[int], query_image: torch.Tens
         "support_classes": classes,
         "class_id": int(class_id) if class_id is not None else -1,
     }
+
+
+def _one_way(label: np.ndarray, class_id: int) -> np.ndarray:
+    """1-way label that keeps the class id: ``class_id`` where the class is, 0 elsewhere, 255 stays."""
+    out = binary_labels(label, class_id) * np.uint8(class_id)
+    out[label == 255] = 255
+    return out
 
 
 @dataclass(frozen=True)

@@ -142,6 +142,12 @@ class DeepLabFeatures(nn.Module):
         else:
             body = timm.create_model(name, pretrained=False, **kwargs)
         self.body = body
+        # Inputs are RGB in [0, 1]; normalise with the statistics the backbone's weights were trained with.
+        cfg = getattr(body, "pretrained_cfg", None) or {}
+        self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
+                             persistent=False)
         reductions = list(body.feature_info.reduction())
         channels = list(body.feature_info.channels())
         at4 = [i for i, r in enumerate(reductions) if r == 4]
@@ -211,8 +217,8 @@ class DeepLabFeatures(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W image -> B x 256 x H/4 x W/4 features (g = G(I; theta) of section 4.1)."""
-        feats = self.body(x)
+        """B x 3 x H x W RGB image in [0, 1] -> B x 256 x H/4 x W/4 features (g = G(I; theta) of section 4.1)."""
+        feats = self.body((x - self.pixel_mean) / self.pixel_std)
         low = self.low_proj(feats[self.low_index])
         high = self.high_proj(feats[self.high_index])
         high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)

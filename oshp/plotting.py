@@ -1,0 +1,118 @@
+"""Colours and figures for human-parsing label maps.
+
+Why: one fixed palette keyed by class *name* gives every figure, label PNG and notebook the same
+colours, across ATR, LIP and CIHP alike; left/right twins share the colour of their merged OSHP class
+so a merged map and a raw map look the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import to_rgb
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from .data.layout import ReleaseLayoutDataset
+from .data.vocab import BACKGROUND, IGNORE_INDEX, DatasetSpec, merge_labels
+
+_TAB20 = colormaps["tab20"].colors  # even: the tab10 colours, odd: their light variants
+_NAME_COLOURS = {
+    "hat": _TAB20[8], "hair": _TAB20[10], "upper-clothes": _TAB20[0], "skirt": _TAB20[12], "pants": _TAB20[18],
+    "dress": _TAB20[6], "shoe": _TAB20[14], "face": _TAB20[2], "leg": _TAB20[16], "arm": _TAB20[4],
+    "bag": colormaps["Set1"].colors[5],  # yellow
+    "sunglasses": _TAB20[9], "belt": _TAB20[11], "scarf": _TAB20[19], "glove": _TAB20[5], "coat": _TAB20[1],
+    "socks": _TAB20[15], "torso-skin": _TAB20[3], "jumpsuits": _TAB20[7],
+}
+_SPARE = colormaps["Set3"].colors  # for names outside the table above
+
+
+def _base_name(name: str) -> str:
+    """'left-shoe' -> 'shoe': twins share one colour."""
+    return name.removeprefix("left-").removeprefix("right-")
+
+
+def label_palette(spec: DatasetSpec) -> np.ndarray:
+    """256x3 uint8 colours by raw id: background black, 255 (ignore) white, unused ids black."""
+    palette = np.zeros((256, 3), np.uint8)
+    spare = 0
+    for rid, name in enumerate(spec.raw_names):
+        if rid == BACKGROUND:
+            continue
+        colour = _NAME_COLOURS.get(_base_name(name))
+        if colour is None:
+            colour, spare = _SPARE[spare % len(_SPARE)], spare + 1
+        palette[rid] = np.round(np.array(to_rgb(colour)) * 255)
+    palette[IGNORE_INDEX] = 255
+    return palette
+
+
+def colorize(label: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """HxW label ids -> HxWx3 uint8 colours."""
+    return label_palette(spec)[np.asarray(label, np.uint8)]
+
+
+def overlay(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, alpha: float = 0.55) -> np.ndarray:
+    """The image with labelled (non-background) pixels tinted by their class colour."""
+    colours = colorize(label, spec).astype(np.float32)
+    out = image.astype(np.float32)
+    tint = (np.asarray(label) != BACKGROUND)[..., None]
+    out = np.where(tint, (1 - alpha) * out + alpha * colours, out)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def legend_handles(spec: DatasetSpec, class_ids, merged: bool = True) -> list[Patch]:
+    """Legend patches for class ids; merged=True names OSHP classes ('legs'), else raw ones ('left-leg')."""
+    palette = label_palette(spec)
+    handles, seen = [], set()
+    for cid in class_ids:
+        cid = int(spec.merge_lut[int(cid)]) if merged else int(cid)
+        if cid in seen:
+            continue
+        seen.add(cid)
+        if cid == IGNORE_INDEX:
+            name = "ignore"
+        else:
+            name = spec.class_name(cid) if merged else spec.raw_names[cid]
+        handles.append(Patch(facecolor=palette[cid] / 255.0, edgecolor="0.3", linewidth=0.5, label=name))
+    return handles
+
+
+def show_samples(dataset: ReleaseLayoutDataset, split: str = "train", count: int = 12,
+                 out: str | Path = "figures/synthetic_samples.png", seed: int = 0, merged: bool = True,
+                 columns: int = 4) -> Path:
+    """A grid of random images of a split, each beside its colour-coded label map, with one legend.
+
+    merged=True shows OSHP classes (twins merged, rare classes as background), as the task sees them.
+    """
+    ids = dataset.ids(split)
+    if not ids or count < 1:
+        raise ValueError(f"nothing to show: {len(ids)} {split} images, count={count}")
+    spec = dataset.spec
+    rng = np.random.default_rng(seed)
+    picked = [ids[i] for i in sorted(rng.choice(len(ids), size=min(count, len(ids)), replace=False))]
+    columns = max(1, min(columns, len(picked)))
+    rows = -(-len(picked) // columns)
+    fig = Figure(figsize=(3.3 * columns, 1.85 * rows + 0.7), dpi=150)
+    shown: set[int] = set()
+    for k, image_id in enumerate(picked):
+        image, label = dataset.load_pair(image_id)
+        if merged:
+            label = merge_labels(label, spec)
+        shown.update(int(c) for c in np.unique(label) if c != BACKGROUND)
+        gap = np.full((image.shape[0], max(2, image.shape[1] // 40), 3), 255, np.uint8)
+        ax = fig.add_subplot(rows, columns, k + 1)
+        ax.imshow(np.concatenate([image, gap, colorize(label, spec)], axis=1), interpolation="nearest")
+        ax.set_title(image_id, fontsize=8)
+        ax.set_axis_off()
+    handles = legend_handles(spec, sorted(shown), merged=merged)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=9, frameon=False,
+               handlelength=1.2, columnspacing=1.2)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.25 / (1.85 * rows + 0.7), bottom=0.55 / (1.85 * rows + 0.7),
+                        wspace=0.05, hspace=0.2)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, facecolor="white")
+    return out
