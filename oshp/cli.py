@@ -99,8 +99,8 @@ def _add_pairs(sub) -> None:
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
     p.add_argument("--data-root", type=Path, default=None, help="dataset root to scan (default: released index)")
     p.add_argument("--out", required=True, type=Path, help="pairs JSON to write")
-    p.add_argument("--queries-per-class", type=int, default=10)
-    p.add_argument("--supports-per-query", type=int, default=15)
+    p.add_argument("--queries-per-class", type=int, default=None, help="default 10 (or the dataset's own setting)")
+    p.add_argument("--supports-per-query", type=int, default=None, help="default 15 (or the dataset's own setting)")
     p.set_defaults(func=_run_pairs)
 
 
@@ -142,6 +142,152 @@ def _run_show(args) -> int:
     return 0
 
 
+def _add_model_args(p) -> None:
+    p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
+                   help="vocabulary (default: read from the data root's oshp_dataset.json)")
+    p.add_argument("--data-root", type=Path, default=Path("data/synthetic"), help="dataset root (default: %(default)s)")
+
+
+def _add_train(sub) -> None:
+    from .training import PROFILES
+
+    p = sub.add_parser(
+        "train", help="meta-train a method on one fold",
+        description="Meta-train a method (default EOP-Net) on one fold, k-way or 1-way. Profiles: paper (Xception-65, "
+                    "512 px, 50 epochs, GPU), demo (small backbone, synthetic data, minutes on a CPU), smoke (seconds). "
+                    "Every setting can be overridden. Writes RUN/config.json, RUN/checkpoint.pt (every epoch, "
+                    "atomically), RUN/log.jsonl and RUN/train.json.")
+    _add_model_args(p)
+    p.add_argument("--fold", type=int, choices=(1, 2), required=True)
+    p.add_argument("--way", choices=("k", "1"), default="k")
+    p.add_argument("--method", default="eopnet", help="method name from the registry (default: %(default)s)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    for name, kind, help_text in (
+        ("epochs", int, "training epochs"), ("batch-size", int, "episodes per step"), ("lr", float, "initial LR"),
+        ("image-size", int, "training crop side"), ("pairs-per-epoch", int, "cap on episodes per epoch"),
+        ("backbone", str, "timm backbone name"), ("backbone-weights", str, "local checkpoint for the backbone"),
+        ("seed", int, "random seed"), ("workers", int, "data-loader processes"), ("device", str, "auto, cpu, cuda"),
+        ("lr-schedule", str, "poly (paper) or release"), ("val-pairs-per-class", int, "held-out episodes per class"),
+    ):
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text} (default: the profile's)")
+    p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's pretrained weights")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. warmup_epochs=25, ablation=NPM, release_compat=true, dynamic_prototypes=false")
+    p.set_defaults(func=_run_train)
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise CliError(f"--option takes KEY=VALUE, not {text!r}")
+    key, value = text.split("=", 1)
+    lowered = value.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    for cast in (int, float):
+        try:
+            return key.strip(), cast(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _run_train(args) -> int:
+    from .training import make_config, train
+
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
+                                                "backbone", "backbone_weights", "seed", "workers", "device",
+                                                "lr_schedule", "val_pairs_per_class", "pretrained")}
+    cfg = make_config(args.profile, data_root=str(args.data_root), dataset=args.dataset, fold=args.fold, way=args.way,
+                      method=args.method, model_options=dict(_parse_option(o) for o in args.option), **overrides)
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    last = summary["history"][-1] if summary["history"] else {}
+    print(f"trained {cfg.method} ({cfg.profile}) fold {cfg.fold} {cfg.way}-way for {cfg.epochs} epochs in "
+          f"{summary['wall_time_s']:.0f} s on {summary['device']}; last loss {last.get('loss', float('nan')):.3f} "
+          f"-> {args.out}")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate", help="evaluate a run on the meta-test pairs (writes RUN/metrics.json)",
+        description="Evaluate a run's checkpoint on the meta-test pairs at native resolution, with one confusion "
+                    "matrix pooled over all pairs. Writes RUN/metrics.json (percent): novel_miou, base_miou, "
+                    "human_miou, overall_acc, mean_base_acc, mean_novel_acc, per_class_iou, and binary_miou (1-way).")
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--data-root", type=Path, default=None, help="dataset root (default: the run's)")
+    p.add_argument("--pairs", type=Path, default=None, help="pairs JSON from `oshp pairs` (default: the rule)")
+    p.add_argument("--max-pairs", type=int, default=None, help="evaluate at most this many pairs, spread over classes")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluation import evaluate_run
+    from .metrics import format_metrics_table
+
+    result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
+                          device=args.device, progress=not args.quiet)
+    print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / 'metrics.json'}")
+    print(format_metrics_table(result))
+    return 0
+
+
+def _add_parse(sub) -> None:
+    p = sub.add_parser(
+        "parse", help="parse a query into the classes of one annotated support image",
+        description="Parse a query image into the classes annotated in a support mask (a PNG of the dataset's raw "
+                    "class ids, the same size as the support image). Writes a colour-coded overlay (--out) and the "
+                    "label map beside it (<out>_labels.png).")
+    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/checkpoint.pt")
+    p.add_argument("--query", type=Path, required=True)
+    p.add_argument("--support", type=Path, required=True)
+    p.add_argument("--support-mask", type=Path, required=True)
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep from the support mask")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_parse)
+
+
+def _run_parse(args) -> int:
+    from .inference import parse_files
+
+    result = parse_files(args.checkpoint, args.query, args.support, args.support_mask, args.out,
+                         classes=args.classes, device=args.device)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_complexity(sub) -> None:
+    p = sub.add_parser(
+        "complexity", help="parameters and inference GMACs (Table 5 setting)",
+        description="Count a method's parameters and the multiply-accumulates of one inference (query + support at "
+                    "--image-size, --ways support classes) with torch's FLOP counter; MACs = FLOPs / 2.")
+    p.add_argument("--method", default="eopnet")
+    p.add_argument("--image-size", type=int, default=512)
+    p.add_argument("--ways", type=int, default=5, help="support classes k (default: %(default)s)")
+    p.add_argument("--backbone", default="xception65")
+    p.add_argument("--way", choices=("k", "1"), default="k")
+    p.add_argument("--json", action="store_true", help="print JSON only")
+    p.set_defaults(func=_run_complexity)
+
+
+def _run_complexity(args) -> int:
+    from .complexity import complexity
+    from .methods import get_method
+
+    get_method(args.method)
+    result = complexity(method=args.method, image_size=args.image_size, ways=args.ways, backbone=args.backbone,
+                        way=args.way)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.method}: {result['params_m']:.2f} M parameters, {result['gmacs']:.1f} GMACs "
+              f"({args.image_size}x{args.image_size}, k={args.ways}; MACs = FLOPs / 2)")
+    return 0
+
+
 class _SubcommandsWithCommonOptions:
     """Adds the shared options (--quiet, --debug) to every subcommand, so they go after its name."""
 
@@ -163,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
-    for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show):
+    for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_train, _add_evaluate,
+                _add_parse, _add_complexity):
         add(sub)
     return parser
 
@@ -176,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, DatasetError, UnknownClassError, ValueError, FileNotFoundError) as err:
+    except (CliError, DatasetError, UnknownClassError, ValueError, FileNotFoundError, RuntimeError) as err:
         if args.debug:
             raise
         print(f"oshp {args.command}: error: {err}", file=sys.stderr)

@@ -217,11 +217,18 @@ def format_coverage(rows: Sequence[dict]) -> str:
 
 
 def build_meta_test_pairs(dataset: str | DatasetSpec, data_root: str | Path | None = None, *,
-                          queries_per_class: int = QUERIES_PER_CLASS,
-                          supports_per_query: int = SUPPORTS_PER_QUERY,
+                          queries_per_class: int | None = None,
+                          supports_per_query: int | None = None,
                           progress: bool = False) -> dict:
-    """Meta-test pairs as JSON-ready data: from the released index (no data root) or from the labels on disk."""
+    """Meta-test pairs as JSON-ready data: from the released index (no data root) or from the labels on disk.
+
+    The rule's sizes default to 10 queries x 15 supports per class; a small dataset (a tiny synthetic one
+    in tests) may set smaller ones in its ``oshp_dataset.json`` (``queries_per_class``, ``supports_per_query``).
+    """
     spec = get_dataset(dataset)
+    meta = ReleaseLayoutDataset.open(data_root, spec).meta if data_root is not None else {}
+    queries_per_class = queries_per_class or int(meta.get("queries_per_class", QUERIES_PER_CLASS))
+    supports_per_query = supports_per_query or int(meta.get("supports_per_query", SUPPORTS_PER_QUERY))
     if data_root is None:
         index = released_support_index(spec, "test")
         ids = list(official_ids(spec.key, "test"))

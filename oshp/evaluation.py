@@ -1,0 +1,151 @@
+"""Meta-testing (paper section 6.2) and one-shot parsing of new images with a trained run.
+
+Evaluation runs every meta-test pair at the query's native resolution, pools one confusion matrix over
+all pairs and writes ``RUN/metrics.json`` (headline metrics in percent, per-class IoU by class name,
+the configuration, seed, library versions and wall time).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.episodes import MetaTestEpisodes, collate_episodes
+from .data.layout import DatasetError, ReleaseLayoutDataset
+from .data.official import official_ids
+from .data.pairs import build_meta_test_pairs, load_pairs
+from .data.vocab import DatasetSpec
+from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
+from .training import (
+    CHECKPOINT, atomic_write_json, config_from_run, device_name, load_checkpoint, load_model_state,
+    model_from_config, resolve_device, versions, _to_device,
+)
+
+METRICS = "metrics.json"
+
+
+def default_test_pairs(ds: ReleaseLayoutDataset) -> list[dict]:
+    """The meta-test pairs of a dataset: the released ATR pairs when the lists are the released ones,
+    otherwise the same rule applied to the labels on disk (cached beside the lists)."""
+    if ds.spec.key == "atr" and tuple(ds.ids("test")) == official_ids("atr", "test"):
+        return build_meta_test_pairs("atr")["pairs"]
+    return build_meta_test_pairs(ds.spec, ds.root)["pairs"]
+
+
+@torch.no_grad()
+def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: DatasetSpec, fold: int, way: str,
+                      device: torch.device, *, progress: bool = True, fast: bool = False) -> dict:
+    """Run a model over meta-test episodes (batch 1, native resolution) and compute the paper's metrics.
+
+    k-way: one confusion matrix over raw ids pooled over all pairs (:func:`kway_metrics`). 1-way: the
+    release's per-class 2x2 matrices and Binary-IoU (:func:`oneway_metrics`); the mean base and novel class
+    accuracies come from the pooled raw-id matrix of the same predictions.
+    """
+    model.eval()
+    conf = ConfusionMatrix(spec.num_raw_classes)
+    meter = OneWayMeter(spec) if way == "1" else None
+    loader = DataLoader(episodes, batch_size=1, shuffle=False, collate_fn=collate_episodes)
+    iterator = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc="evaluating", unit="pair", leave=False)
+    for batch in iterator:
+        batch = _to_device(batch, device, fast)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            out = model(batch["query_image"], batch["support_image"], batch["support_label"],
+                        support_human=batch["support_human"])
+        pred = out["pred"].float().argmax(1)
+        target = batch["query_label"]
+        if meter is not None:
+            c = int(batch["class_id"][0])
+            pred = torch.where(pred == c, pred, torch.zeros_like(pred))  # 1-way: the class or background
+            binary_target = torch.where(target == 255, target, (target == c).long())
+            meter.update(c, (pred == c).long(), binary_target)
+        conf.update(pred.cpu(), target.cpu())
+    if meter is None:
+        return kway_metrics(conf, spec, fold)
+    metrics = oneway_metrics(meter, fold)
+    acc = accuracy_per_class(conf)
+    mean = lambda ids: _nan_to_none(np.nanmean([acc[c] for c in ids]) if any(np.isfinite(acc[c]) for c in ids)  # noqa
+                                    else float("nan"))
+    metrics["mean_base_acc"] = mean(spec.base_foreground_ids(fold))
+    metrics["mean_novel_acc"] = mean(spec.novel_ids(fold))
+    return metrics
+
+
+def _nan_to_none(x: float) -> float | None:
+    return None if not np.isfinite(x) else 100.0 * float(x)
+
+
+def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto"):
+    """(config, model in eval mode, device) of a run folder or a checkpoint file."""
+    run = Path(run) if run is not None else None
+    path = Path(checkpoint) if checkpoint else run / CHECKPOINT
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, dev)
+    from .training import TrainConfig
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    from .data.vocab import get_dataset
+
+    spec = get_dataset(cfg.dataset)
+    # weights come from the checkpoint: never fetch or read the backbone's initial weights again
+    cfg.pretrained, cfg.backbone_weights = False, None
+    model = model_from_config(cfg, spec.num_raw_classes)
+    load_model_state(model, ckpt["model"], path)
+    return cfg, model.to(dev).eval(), dev, ckpt
+
+
+def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
+                 max_pairs: int | None = None, device: str = "auto", progress: bool = True) -> dict:
+    """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json."""
+    run = Path(run)
+    cfg, model, dev, ckpt = load_run_model(run, device=device)
+    ds = ReleaseLayoutDataset.open(data_root or cfg.data_root, cfg.dataset)
+    pair_list = load_pairs(pairs) if pairs else default_test_pairs(ds)
+    if max_pairs:
+        pair_list = _spread(pair_list, max_pairs)
+    episodes = MetaTestEpisodes(ds, pair_list, way=cfg.way)
+    started = time.time()
+    metrics = evaluate_episodes(model, episodes, ds.spec, cfg.fold, cfg.way, dev, progress=progress,
+                                fast=cfg.amp and dev.type == "cuda")
+    result = {
+        **{k: metrics.get(k) for k in ("novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc",
+                                       "mean_novel_acc", "binary_miou") if k in metrics},
+        "per_class_iou": metrics["per_class_iou"],
+        "details": metrics,
+        "method": cfg.method, "dataset": ds.spec.key, "fold": cfg.fold, "way": cfg.way, "profile": cfg.profile,
+        "num_pairs": len(pair_list), "pairs": str(pairs) if pairs else "default meta-test pairs (oshp pairs)",
+        "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
+        "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
+        "units": "percent",
+    }
+    atomic_write_json(result, run / METRICS)
+    return result
+
+
+def _spread(pairs: list[dict], n: int) -> list[dict]:
+    """At most n pairs, the same number from each class (for quick evaluations)."""
+    classes = sorted({p["class_id"] for p in pairs}, key=[p["class_id"] for p in pairs].index)
+    per_class = max(1, n // max(len(classes), 1))
+    out, counts = [], {}
+    for p in pairs:
+        if counts.get(p["class_id"], 0) < per_class:
+            counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
+            out.append(p)
+    return out
+
+
+def read_metrics(run: str | Path) -> dict:
+    path = Path(run) / METRICS
+    if not path.is_file():
+        raise DatasetError(f"no {METRICS} in {run}; run `oshp evaluate --run {run}` first")
+    return json.loads(path.read_text())

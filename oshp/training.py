@@ -1,0 +1,407 @@
+"""Meta-training (paper section 6.1): SGD with the poly schedule, checkpoints, logs, resume, DDP.
+
+A run is a folder::
+
+    RUN/config.json       the full TrainConfig (profile + overrides), written at the start
+    RUN/checkpoint.pt     model, optimiser and epoch; rewritten atomically after every epoch
+    RUN/log.jsonl         one line per epoch: losses, learning rate, held-out mean base/novel class accuracy
+    RUN/train.json        summary: wall time, versions, device, final epoch
+    RUN/metrics.json      written by `oshp evaluate`
+
+Profiles: ``paper`` (Xception-65, 512 px, 50 epochs, batch 2, GPU), ``demo`` (a small backbone on the
+synthetic data, minutes on a 2-core CPU) and ``smoke`` (seconds, for tests and CI). Every field can
+be overridden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, check_way, collate_episodes
+from .data.layout import DatasetError, ReleaseLayoutDataset
+from .methods import build_model, get_method
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+LOG = "log.jsonl"
+SUMMARY = "train.json"
+CHECKPOINT_FORMAT = "oshp-checkpoint-1"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``model_options`` are passed to the method (e.g. an EOPNetConfig field)."""
+
+    data_root: str = "data/synthetic"
+    dataset: str | None = None
+    fold: int = 1
+    way: str = "k"
+    method: str = "eopnet"
+    profile: str = "demo"
+    backbone: str = "mobilenetv3_small_100"
+    pretrained: bool = False
+    backbone_weights: str | None = None
+    image_size: int = 128
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    lr_schedule: str = "poly"
+    """'poly': per-iteration poly decay (paper). 'release': the poly value applied every 10 epochs with the
+    optimiser re-created (momentum reset), as the authors' code does (facts 4)."""
+    pairs_per_epoch: int | None = None
+    """Cap on training episodes per epoch (None: every query of the query pool once, as in the paper)."""
+    one_way_pairs_per_class: int = 1500
+    fixed_supports: bool = False
+    augment: bool = True
+    val_pairs_per_class: int = 10
+    """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    """bf16 autocast and channels-last on CUDA; ignored on the CPU."""
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": dict(backbone="xception65", pretrained=True, image_size=512, epochs=50, batch_size=2, lr=1e-3,
+                  pairs_per_epoch=None, val_pairs_per_class=15, workers=4),
+    "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, image_size=128, epochs=12, batch_size=8,
+                 lr=0.02, pairs_per_epoch=480, val_pairs_per_class=10, workers=0,
+                 model_options={"embed_dim": 64, "warmup_epochs": 3}),
+    "smoke": dict(backbone="mobilenetv3_small_050", pretrained=False, image_size=64, epochs=2, batch_size=2,
+                  lr=0.01, pairs_per_epoch=8, one_way_pairs_per_class=2, val_pairs_per_class=1, workers=0,
+                  model_options={"embed_dim": 32, "warmup_epochs": 1}),
+}
+
+
+def make_config(profile: str = "demo", **overrides: Any) -> TrainConfig:
+    """A profile's configuration with ``overrides`` applied (``model_options`` are merged, not replaced)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(overrides) - fields
+    if unknown:
+        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(fields)}")
+    values = dict(PROFILES[profile])
+    model_options = dict(values.pop("model_options", {}))
+    model_options.update(overrides.pop("model_options", None) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(profile=profile, model_options=model_options, **values)
+    cfg.way = check_way(cfg.way)
+    if cfg.lr_schedule not in ("poly", "release"):
+        raise ValueError(f"lr_schedule must be 'poly' or 'release', not {cfg.lr_schedule!r}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    import timm
+    import torchvision
+
+    from . import __version__
+
+    return {"oshp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    """Poly policy: base * (1 - step / total) ** power."""
+    return base * (1.0 - min(step, total) / max(total, 1)) ** power
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: an interrupted write never leaves a broken checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(data: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read an oshp checkpoint; a clear error for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"missing checkpoint {path}; train one with `oshp train ... --out RUN` "
+                           f"(it writes RUN/{CHECKPOINT})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # pickle, zip and EOF errors all mean the same to a user
+        raise DatasetError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
+                           f"retrain, or resume from an intact copy") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise DatasetError(f"{path} is not an oshp checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
+                           f"pass a RUN/{CHECKPOINT} written by `oshp train`")
+    return ckpt
+
+
+def model_from_config(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
+    return build_model(cfg.method, num_classes=num_classes, way=cfg.way, backbone=cfg.backbone,
+                       pretrained=cfg.pretrained, backbone_weights=cfg.backbone_weights, **cfg.model_options)
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise DatasetError(f"checkpoint {path} does not match the model its config describes ({err}); "
+                           f"was config.json edited, or the checkpoint copied from another run?") from err
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=True)
+            if channels_last and value.dim() == 4 and value.is_floating_point():
+                value = value.contiguous(memory_format=torch.channels_last)
+        out[key] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+class Trainer:
+    """Meta-trains one method on one fold; see the module docstring for what a run folder holds."""
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, *, progress: bool = True) -> None:
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = resolve_device(cfg.device)
+        if self.world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend)
+            if self.device.type == "cuda":
+                self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(self.device)
+        self.fast = cfg.amp and self.device.type == "cuda"
+        self.ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
+        cfg.dataset = self.ds.spec.key
+        self.spec = self.ds.spec
+        get_method(cfg.method)
+        self.episodes = MetaTrainEpisodes(
+            self.ds, cfg.fold, way=cfg.way, size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
+            fixed_supports=cfg.fixed_supports, pairs_per_class=cfg.one_way_pairs_per_class)
+        seed_everything(cfg.seed)
+        self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
+        if self.fast:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = self._make_optimizer(cfg.lr)
+        self.start_epoch = 0
+        self.history: list[dict] = []
+        self.val_episodes = self._validation_episodes()
+
+    def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.cfg.momentum,
+                               weight_decay=self.cfg.weight_decay)
+
+    def _validation_episodes(self) -> MetaTestEpisodes | None:
+        if self.cfg.val_pairs_per_class <= 0:
+            return None
+        from .evaluation import default_test_pairs
+
+        pairs = default_test_pairs(self.ds)
+        chosen, counts = [], {}
+        for p in pairs:  # the first pairs of every class, spread over its queries
+            if counts.get(p["class_id"], 0) < self.cfg.val_pairs_per_class:
+                counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
+                chosen.append(p)
+        return MetaTestEpisodes(self.ds, chosen, way=self.cfg.way, size=self.cfg.image_size)
+
+    # ---------------------------------------------------------------------------------- state
+    def state(self, epoch: int) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "epoch": epoch, "config": self.cfg.to_json(),
+                "model": _unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "history": self.history, "versions": versions()}
+
+    def resume(self) -> bool:
+        path = self.out / CHECKPOINT
+        if not path.is_file():
+            return False
+        ckpt = load_checkpoint(path, self.device)
+        saved = ckpt["config"]
+        for key in ("method", "way", "fold", "backbone", "dataset", "image_size", "epochs", "seed"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise DatasetError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(self.cfg, key)!r}; "
+                                   f"resume with the run's own settings (they are in {self.out / CONFIG})")
+        load_model_state(_unwrap(self.model), ckpt["model"], path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.start_epoch = ckpt["epoch"] + 1
+        self.history = list(ckpt.get("history", []))
+        return True
+
+    # ---------------------------------------------------------------------------------- loop
+    def _epoch_indices(self, epoch: int) -> list[int]:
+        rng = np.random.default_rng([self.cfg.seed, epoch, 7])
+        order = rng.permutation(len(self.episodes))
+        if self.cfg.pairs_per_epoch:
+            order = order[: self.cfg.pairs_per_epoch]
+        per_rank = len(order) // self.world
+        usable = per_rank - per_rank % self.cfg.batch_size  # drop_last: equal steps on every rank
+        if usable <= 0:
+            raise DatasetError(f"an epoch has {len(order)} episodes, fewer than batch_size={self.cfg.batch_size} "
+                               f"x {self.world} process(es); lower --batch-size or raise --pairs-per-epoch")
+        return [int(i) for i in order[self.rank::self.world][:usable]]
+
+    def _lr(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        cfg = self.cfg
+        if cfg.lr_schedule == "release":  # constant within blocks of 10 epochs, decayed at e % 10 == 9
+            return poly_lr(cfg.lr, (epoch + 1) // 10 * 10 - 1 if epoch >= 9 else 0, cfg.epochs, cfg.poly_power)
+        return poly_lr(cfg.lr, epoch * steps_per_epoch + step, cfg.epochs * steps_per_epoch, cfg.poly_power)
+
+    def train(self, *, resume: bool = False) -> dict:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and not self.resume() and self.rank == 0:
+            print(f"no checkpoint in {self.out}; starting from epoch 0")
+        if self.rank == 0:
+            atomic_write_json(cfg.to_json(), self.out / CONFIG)
+        model = self.model
+        if self.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        started = time.time()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            seed_everything(cfg.seed * 1000 + epoch)  # augmentation draws depend on (seed, epoch) only
+            self.episodes.set_epoch(epoch)
+            if cfg.lr_schedule == "release" and epoch % 10 == 9:  # the release re-creates SGD: momentum reset
+                self.optimizer = self._make_optimizer(self._lr(epoch, 0, 1))
+            record = self._train_epoch(model, epoch)
+            if self.val_episodes is not None:
+                record.update(self.validate())
+            self.history.append(record)
+            if self.rank == 0:
+                atomic_save(self.state(epoch), self.out / CHECKPOINT)
+                with open(self.out / LOG, "a") as log:
+                    log.write(json.dumps(record) + "\n")
+        summary = {"run": str(self.out), "epochs": cfg.epochs, "wall_time_s": round(time.time() - started, 2),
+                   "device": device_name(self.device), "world_size": self.world, "config": cfg.to_json(),
+                   "versions": versions(), "history": self.history}
+        if self.rank == 0:
+            atomic_write_json(summary, self.out / SUMMARY)
+        return summary
+
+    def _train_epoch(self, model: torch.nn.Module, epoch: int) -> dict:
+        cfg = self.cfg
+        indices = self._epoch_indices(epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = DataLoader(torch.utils.data.Subset(self.episodes, indices), batch_size=cfg.batch_size,
+                            shuffle=False, num_workers=cfg.workers, collate_fn=collate_episodes, drop_last=True,
+                            pin_memory=self.device.type == "cuda", generator=generator,
+                            persistent_workers=False)
+        steps = len(loader)
+        model.train()
+        sums: dict[str, float] = {}
+        iterator = loader
+        if self.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+        started = time.time()
+        lr = cfg.lr
+        for step, batch in enumerate(iterator):
+            lr = self._lr(epoch, step, steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = _to_device(batch, self.device, self.fast)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
+                out = model(batch["query_image"], batch["support_image"], batch["support_label"],
+                            support_human=batch["support_human"], query_label=batch["query_label"],
+                            query_human=batch["query_human"], epoch=epoch, max_epoch=cfg.epochs)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
+                                         f"lower --lr (now {lr:g})")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            for key, value in out.items():
+                if key.startswith("loss") and isinstance(value, torch.Tensor):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+            if self.progress and self.rank == 0:
+                iterator.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
+        record = {"epoch": epoch, "lr": lr, "steps": steps, "beta": float(out.get("beta", float("nan"))),
+                  "epoch_time_s": round(time.time() - started, 2)}
+        record.update({k: v / max(steps, 1) for k, v in sums.items()})
+        return record
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        from .evaluation import evaluate_episodes
+
+        metrics = evaluate_episodes(_unwrap(self.model), self.val_episodes, self.spec, self.cfg.fold, self.cfg.way,
+                                    self.device, progress=False, fast=self.fast)
+        return {"val_mean_base_acc": metrics["mean_base_acc"], "val_mean_novel_acc": metrics["mean_novel_acc"],
+                "val_novel_miou": metrics["novel_miou"], "val_human_miou": metrics["human_miou"]}
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train one run (see :class:`Trainer`); returns the summary also written to RUN/train.json."""
+    return Trainer(cfg, out, progress=progress).train(resume=resume)
+
+
+def read_history(run: str | Path) -> list[dict]:
+    """The per-epoch log of a run (losses, learning rate, held-out accuracies), for tables and Fig. 7."""
+    path = Path(run) / LOG
+    if not path.is_file():
+        raise DatasetError(f"no training log {path}; is {run} a run folder written by `oshp train`?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def config_from_run(run: str | Path) -> TrainConfig:
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise DatasetError(f"no {CONFIG} in {run}; pass a run folder written by `oshp train --out RUN`")
+    data = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in data.items() if k in known})
+

@@ -1,0 +1,180 @@
+"""Trainer, evaluation and the CLI around them, on the smoke profile and the tiny synthetic dataset."""
+
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oshp.cli import main
+from oshp.data.layout import DatasetError
+from oshp.evaluation import evaluate_run
+from oshp.training import CHECKPOINT, Trainer, make_config, poly_lr, train
+
+
+def smoke(ds, **overrides):
+    return make_config("smoke", data_root=str(ds.root), **overrides)
+
+
+def test_profiles_and_overrides():
+    cfg = make_config("paper")
+    assert (cfg.backbone, cfg.image_size, cfg.epochs, cfg.batch_size, cfg.lr) == ("xception65", 512, 50, 2, 1e-3)
+    demo = make_config("demo", epochs=3, model_options={"alpha": 0.01})
+    assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
+    with pytest.raises(ValueError, match="unknown training settings"):
+        make_config("demo", epoch=3)
+    with pytest.raises(ValueError, match="unknown profile"):
+        make_config("fast")
+
+
+def test_poly_and_release_schedules():
+    assert poly_lr(1e-3, 0, 100, 0.9) == 1e-3 and poly_lr(1e-3, 100, 100, 0.9) == 0
+    assert poly_lr(1.0, 50, 100, 0.9) == pytest.approx(0.5 ** 0.9)
+    cfg = make_config("paper", lr_schedule="release")
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg = cfg
+    # facts 4: piecewise constant LR of the release
+    expected = {0: 1e-3, 8: 1e-3, 9: 8.36e-4, 18: 8.36e-4, 19: 6.50e-4, 39: 2.56e-4, 49: 2.96e-5}
+    for epoch, lr in expected.items():
+        assert trainer._lr(epoch, 0, 1) == pytest.approx(lr, rel=2e-3), epoch
+
+
+def test_smoke_train_and_evaluate_kway(tiny_synthetic, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data-root", str(tiny_synthetic.root), "--fold", "1", "--profile", "smoke",
+                 "--out", str(run), "--quiet"]) == 0
+    for name in ("config.json", "checkpoint.pt", "log.jsonl", "train.json"):
+        assert (run / name).is_file(), name
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    assert {"loss", "lr", "val_mean_base_acc", "val_mean_novel_acc"} <= set(log[0])
+    assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc", "mean_novel_acc",
+                "per_class_iou", "versions", "config", "seed", "wall_time_s"):
+        assert key in metrics, key
+    assert "skirt" in metrics["per_class_iou"] and metrics["units"] == "percent"
+    assert "pooled" in metrics["details"]["pooling"] or "summed" in metrics["details"]["pooling"]
+
+
+def test_smoke_train_and_evaluate_one_way(tiny_synthetic, tmp_path):
+    run = tmp_path / "run1"
+    train(smoke(tiny_synthetic, way="1", fold=2), run, progress=False)
+    result = evaluate_run(run, max_pairs=4, progress=False)
+    assert result["way"] == "1" and result["binary_miou"] is not None
+    assert set(result["per_class_iou"]) >= {"hat", "bag"}
+
+
+def test_resumed_run_matches_uninterrupted(tiny_synthetic, tmp_path, monkeypatch):
+    cfg = smoke(tiny_synthetic, epochs=2, val_pairs_per_class=0)
+    train(cfg, tmp_path / "full", progress=False)
+
+    original = Trainer._train_epoch
+
+    def crash_in_second_epoch(self, model, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, model, epoch)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke(tiny_synthetic, epochs=2, val_pairs_per_class=0), tmp_path / "cut", progress=False)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["epoch"] == 0
+    train(smoke(tiny_synthetic, epochs=2, val_pairs_per_class=0), tmp_path / "cut", resume=True, progress=False)
+    full = torch.load(tmp_path / "full" / CHECKPOINT, weights_only=False)["model"]
+    resumed = torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=False)["model"]
+    assert full.keys() == resumed.keys()
+    for key in full:
+        assert torch.equal(full[key], resumed[key]), key
+
+
+def test_resume_refuses_other_settings(tiny_synthetic, tmp_path):
+    train(smoke(tiny_synthetic, epochs=1, val_pairs_per_class=0), tmp_path / "r", progress=False)
+    with pytest.raises(DatasetError, match="trained with fold=1, not 2"):
+        train(smoke(tiny_synthetic, epochs=1, fold=2, val_pairs_per_class=0), tmp_path / "r", resume=True,
+              progress=False)
+
+
+def test_corrupt_and_mismatched_checkpoints(tiny_synthetic, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(smoke(tiny_synthetic, epochs=1, val_pairs_per_class=0), run, progress=False)
+    good = (run / CHECKPOINT).read_bytes()
+    (run / CHECKPOINT).write_bytes(good[: len(good) // 3])
+    assert main(["evaluate", "--run", str(run), "--quiet"]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
+    ckpt = torch.load(__import__("io").BytesIO(good), weights_only=False)
+    ckpt["config"]["model_options"]["embed_dim"] = 48  # another architecture than the weights
+    torch.save(ckpt, run / CHECKPOINT)
+    with pytest.raises(DatasetError, match="does not match the model"):
+        evaluate_run(run, progress=False)
+    torch.save({"model": {}}, run / CHECKPOINT)
+    with pytest.raises(DatasetError, match="not an oshp checkpoint"):
+        evaluate_run(run, progress=False)
+    with pytest.raises(DatasetError, match="missing checkpoint"):
+        evaluate_run(tmp_path / "nowhere", progress=False)
+
+
+def test_parse_and_its_errors(tiny_synthetic, tmp_path, capsys):
+    run = tmp_path / "r"
+    train(smoke(tiny_synthetic, epochs=1, val_pairs_per_class=0), run, progress=False)
+    ids = tiny_synthetic.ids("test")
+    query, support = tiny_synthetic.image_path(ids[0]), tiny_synthetic.image_path(ids[15])
+    mask = tiny_synthetic.label_path(ids[15])
+    out = tmp_path / "pred.png"
+    args = ["parse", "--checkpoint", str(run / CHECKPOINT), "--query", str(query), "--support", str(support),
+            "--support-mask"]
+    assert main(args + [str(mask), "--out", str(out), "--quiet"]) == 0
+    labels = np.array(Image.open(tmp_path / "pred_labels.png"))
+    assert out.is_file() and labels.shape == (64, 64)
+    assert set(np.unique(labels)) <= set(np.unique(tiny_synthetic.load_label(ids[15]))) | {0, 9, 12, 14}
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(empty)
+    assert main(args + [str(empty), "--out", str(out), "--quiet"]) == 2
+    assert "no foreground pixels" in capsys.readouterr().err
+    small = tmp_path / "small.png"
+    Image.fromarray(np.ones((32, 32), np.uint8)).save(small)
+    assert main(args + [str(small), "--out", str(out), "--quiet"]) == 2
+    assert "must have the same size" in capsys.readouterr().err
+    assert main(args + [str(mask), "--classes", "cape", "--out", str(out), "--quiet"]) == 2
+    assert "no class named 'cape'" in capsys.readouterr().err
+
+
+def test_complexity_cli(capsys):
+    assert main(["complexity", "--backbone", "mobilenetv3_small_050", "--image-size", "64", "--ways", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["params_m"] > 0 and result["gmacs"] > 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = make_config("smoke", data_root=root, epochs=2, pairs_per_epoch=8, val_pairs_per_class=0)
+    trainer = Trainer(cfg, out, progress=False)
+    trainer.train()
+    torch.save(trainer.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_keeps_prototypes_identical(tiny_synthetic, tmp_path):
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), str(tiny_synthetic.root), str(tmp_path)),
+                                nprocs=2, join=True)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    memory = [k for k in a if "memory" in k]
+    assert memory
+    # parameters and prototype memories agree; BatchNorm running statistics are per rank by design
+    for key in a:
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    assert any(a[k].abs().sum() > 0 for k in memory if a[k].is_floating_point())  # memories were written
