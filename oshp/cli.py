@@ -169,7 +169,8 @@ def _add_train(sub) -> None:
         ("image-size", int, "training crop side"), ("pairs-per-epoch", int, "cap on episodes per epoch"),
         ("backbone", str, "timm backbone name"), ("backbone-weights", str, "local checkpoint for the backbone"),
         ("seed", int, "random seed"), ("workers", int, "data-loader processes"), ("device", str, "auto, cpu, cuda"),
-        ("lr-schedule", str, "poly (paper) or release"), ("val-pairs-per-class", int, "held-out episodes per class"),
+        ("lr-schedule", str, "poly (paper) or release"), ("optimizer", str, "sgd (paper) or adamw"),
+        ("weight-decay", float, "weight decay"), ("val-pairs-per-class", int, "held-out episodes per class"),
     ):
         p.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text} (default: the profile's)")
     p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's pretrained weights")
@@ -198,7 +199,7 @@ def _run_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
                                                 "backbone", "backbone_weights", "seed", "workers", "device",
-                                                "lr_schedule", "val_pairs_per_class", "pretrained")}
+                                                "lr_schedule", "optimizer", "weight_decay", "val_pairs_per_class", "pretrained")}
     cfg = make_config(args.profile, data_root=str(args.data_root), dataset=args.dataset, fold=args.fold, way=args.way,
                       method=args.method, model_options=dict(_parse_option(o) for o in args.option), **overrides)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)

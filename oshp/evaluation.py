@@ -79,6 +79,21 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
     return metrics
 
 
+def background_baseline(ds: ReleaseLayoutDataset, pairs: list[dict], fold: int, way: str) -> dict:
+    """The lower bound: every query pixel predicted background, scored exactly like a model."""
+    episodes = MetaTestEpisodes(ds, pairs, way=way)
+    conf = ConfusionMatrix(ds.spec.num_raw_classes)
+    meter = OneWayMeter(ds.spec) if way == "1" else None
+    for i in range(len(episodes)):
+        target = episodes[i]["query_label"]
+        zeros = torch.zeros_like(target)
+        conf.update(zeros, target)
+        if meter is not None:
+            c = episodes.refs[i].class_id
+            meter.update(c, zeros, torch.where(target == 255, target, (target == c).long()))
+    return kway_metrics(conf, ds.spec, fold) if meter is None else oneway_metrics(meter, fold)
+
+
 def _nan_to_none(x: float) -> float | None:
     return None if not np.isfinite(x) else 100.0 * float(x)
 

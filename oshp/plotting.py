@@ -116,3 +116,41 @@ def show_samples(dataset: ReleaseLayoutDataset, split: str = "train", count: int
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150, facecolor="white")
     return out
+
+
+def plot_parses(rows: list[dict], spec: DatasetSpec, out: str | Path, title: str | None = None) -> Path:
+    """Episodes side by side: support with its mask, query, prediction, ground truth; one legend.
+
+    Each row is a dict with ``support``, ``support_mask``, ``query`` (HxWx3 uint8 / HxW ids), ``pred``,
+    ``target`` (HxW OSHP ids) and optionally ``caption``. Used for the parses of Figs. 4-6.
+    """
+    if not rows:
+        raise ValueError("nothing to plot: no episodes")
+    columns = ("support + mask", "query", "prediction", "ground truth")
+    fig = Figure(figsize=(2.4 * len(columns), 2.5 * len(rows) + 0.8), dpi=150)
+    shown: set[int] = set()
+    for r, row in enumerate(rows):
+        panels = (overlay(row["support"], row["support_mask"], spec), row["query"],
+                  overlay(row["query"], row["pred"], spec), overlay(row["query"], row["target"], spec))
+        for label in (row["support_mask"], row["pred"], row["target"]):
+            shown.update(int(c) for c in np.unique(label) if c not in (BACKGROUND, IGNORE_INDEX))
+        for c, panel in enumerate(panels):
+            ax = fig.add_subplot(len(rows), len(columns), r * len(columns) + c + 1)
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+            if c == 0 and row.get("caption"):
+                ax.set_ylabel(row["caption"], fontsize=8)
+    handles = legend_handles(spec, sorted(shown))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    height = 2.5 * len(rows) + 0.8
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - (0.45 if title else 0.3) / height, bottom=0.55 / height,
+                        wspace=0.04, hspace=0.08)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, facecolor="white")
+    return out
