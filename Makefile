@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/oshp show --data-root $(DATA) --split train --count 12 --out $(FIGURES)/synthetic_samples.png
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --nbval tests notebooks
 
 clean:
 	rm -rf $(VENV) data/synthetic

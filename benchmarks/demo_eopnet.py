@@ -31,10 +31,11 @@ from oshp.training import device_name, make_config, resolve_device, train
 
 def run_one(args, way: str, fold: int) -> dict:
     run = args.out / f"eopnet_{way}way_f{fold}"
-    if not (run / "metrics.json").is_file():
+    if not (run / "train.json").is_file():  # a finished training run is reused; an interrupted one resumed
         cfg = make_config(args.profile, data_root=str(args.data_root), fold=fold, way=way, seed=args.seed,
                           **({"epochs": args.epochs} if args.epochs else {}))
-        train(cfg, run, progress=not args.quiet)
+        train(cfg, run, resume=True, progress=not args.quiet)
+    if not (run / "metrics.json").is_file():
         evaluate_run(run, progress=not args.quiet)
     metrics = json.loads((run / "metrics.json").read_text())
     summary = json.loads((run / "train.json").read_text())
