@@ -70,6 +70,8 @@ class TrainConfig:
     """Cap on training episodes per epoch (None: every query of the query pool once, as in the paper)."""
     one_way_pairs_per_class: int = 1500
     fixed_supports: bool = False
+    release_pools: bool = False
+    """The release's 7,500-image meta-train query pool for LIP and CIHP too (paper: 14,000)."""
     augment: bool = True
     val_pairs_per_class: int = 10
     """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
@@ -231,6 +233,7 @@ class Trainer:
                 torch.cuda.set_device(self.device)
         self.fast = cfg.amp and self.device.type == "cuda"
         self.ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
+        self.ds.release_pools = cfg.release_pools
         cfg.dataset = self.ds.spec.key
         self.spec = self.ds.spec
         get_method(cfg.method)

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset in the release layout, generated once per test session."""
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="session")
@@ -18,3 +19,12 @@ def tiny_synthetic(tmp_path_factory):
     write_dataset_meta(root, {**ds.meta, "train_query_pool": 30, "test_query_pool": 30,
                               "queries_per_class": 1, "supports_per_query": 2})
     return ReleaseLayoutDataset.open(root)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One intra-op thread: on a busy 2-core machine, 2 threads fighting another job are ~50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from fabricate import example_ids, fabricate_label, fabricate_release
-from oshp.data import checks as checks_mod
+from oshp.data import parallel as parallel_mod
 from oshp.data.checks import Problem, check_dataset, format_report
 from oshp.data.layout import DatasetError, save_label_map, write_id_list
 from oshp.data.vocab import flip_labels, get_dataset
@@ -197,6 +197,6 @@ def test_prepared_dataset_with_moved_source(tmp_path):
 
 def test_process_pool_and_progress(tmp_path, monkeypatch):
     root, _, _ = _good(tmp_path, "lip")
-    monkeypatch.setattr(checks_mod, "_POOL_THRESHOLD", 0)
+    monkeypatch.setattr(parallel_mod, "POOL_THRESHOLD", 0)
     assert check_dataset(root, progress=True) == []
     json.loads((root / "oshp_dataset.json").read_text())

@@ -11,12 +11,7 @@ from oshp.models.backbone import DeepLabFeatures
 from oshp.models.eopnet import EOPNet, EOPNetConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_count_parameters_excludes_buffers_and_frozen():

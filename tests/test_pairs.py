@@ -124,8 +124,13 @@ def test_meta_train_pools(tmp_path):
     write_dataset_meta(tmp_path, {"dataset": "atr", "train_query_pool": 10})
     with pytest.raises(DatasetError, match="empty pool"):
         meta_train_pools(ReleaseLayoutDataset.open(tmp_path))
-    # the real datasets: ATR 7,500 (paper and release); LIP and CIHP 14,000 in the paper
-    assert ATR.train_query_pool == 7500
+    # the real datasets: ATR 7,500 (paper and release); LIP and CIHP 14,000 in the paper, 7,500 in the release
+    write_id_list(tmp_path / "list" / "meta_train_id.txt", [f"im{i:05d}" for i in range(20000)])
+    write_dataset_meta(tmp_path, {"dataset": "lip"})
+    lip = ReleaseLayoutDataset.open(tmp_path)
+    assert ATR.train_query_pool == 7500 and len(meta_train_pools(lip)[0]) == 14000
+    lip.release_pools = True
+    assert len(meta_train_pools(lip)[0]) == 7500
 
 
 def test_coverage_rows_cover_every_foreground_class(atr_pairs):

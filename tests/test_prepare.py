@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fabricate import example_ids, fabricate_label, fabricate_original
-from oshp.data import prepare as prepare_mod
+from oshp.data import parallel as parallel_mod
 from oshp.data.checks import check_dataset
 from oshp.data.layout import DatasetError, ReleaseLayoutDataset, load_label_map, read_id_list, save_label_map
 from oshp.data.official import official_ids
@@ -262,7 +262,7 @@ def test_custom_ids_are_validated(tmp_path):
 
 def test_process_pool_and_progress(tmp_path, monkeypatch, capsys):
     train, test, src = _setup(tmp_path, "lip")
-    monkeypatch.setattr(prepare_mod, "_POOL_THRESHOLD", 0)
+    monkeypatch.setattr(parallel_mod, "POOL_THRESHOLD", 0)
     report = prepare_dataset("lip", src["root"], tmp_path / "out", ids={"train": train, "test": test},
                              workers=2, progress=True)
     assert report["flipped_written"] == len(train) + len(test)

@@ -9,7 +9,6 @@ temporary files of an interrupted ``oshp prepare``) are the only files it ignore
 from __future__ import annotations
 
 import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .parallel import parallel_map
 from .layout import (
     FLIPPED_LABEL_DIR,
     IMAGE_DIR,
@@ -38,7 +38,6 @@ LABEL_EXT = ".png"
 #: More problems of one kind than this are summarised in one Problem (count and first examples).
 SUMMARY_LIMIT = 20
 EXAMPLES = 10
-_POOL_THRESHOLD = 64
 _LABEL_MODES = ("L", "P", "I", "I;16")  # what load_label_map accepts
 _ID_SUFFIXES = (IMAGE_EXT, LABEL_EXT, ".jpeg")
 
@@ -194,31 +193,7 @@ def _cause(err: Exception) -> str:
 
 
 def _run(tasks: list, progress: bool) -> list[list[tuple[str, str, str, str]]]:
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="checking", unit="id", file=sys.stderr)
-    results = []
-    try:
-        workers = min(os.cpu_count() or 1, 8)
-        if workers <= 1 or len(tasks) < _POOL_THRESHOLD:
-            for task in tasks:
-                results.append(_check_one(task))
-                if bar is not None:
-                    bar.update()
-        else:
-            import multiprocessing
-
-            with multiprocessing.Pool(workers) as pool:
-                for result in pool.imap(_check_one, tasks, chunksize=32):
-                    results.append(result)
-                    if bar is not None:
-                        bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
-    return results
+    return parallel_map(_check_one, tasks, progress=progress, desc="checking", unit="id")
 
 
 # ------------------------------------------------------------------------------------------ whole dataset

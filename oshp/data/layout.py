@@ -134,6 +134,8 @@ class ReleaseLayoutDataset:
     root: Path
     spec: DatasetSpec
     meta: dict = field(default_factory=dict)
+    release_pools: bool = False
+    """Use the release's 7,500-image meta-train query pool for every dataset (the paper: 14,000 for LIP/CIHP)."""
 
     @classmethod
     def open(cls, root: Path | str, dataset: str | DatasetSpec | None = None) -> "ReleaseLayoutDataset":
@@ -159,7 +161,9 @@ class ReleaseLayoutDataset:
     # pools and pair-rule parameters: the dataset's own metadata wins (synthetic data is small)
     @property
     def train_query_pool(self) -> int:
-        return int(self.meta.get("train_query_pool", self.spec.train_query_pool))
+        if "train_query_pool" in self.meta:
+            return int(self.meta["train_query_pool"])
+        return self.spec.train_query_pool_release if self.release_pools else self.spec.train_query_pool
 
     @property
     def test_query_pool(self) -> int:

@@ -17,13 +17,13 @@ LIP and CIHP 12 x 150 = 1,800. For ATR the released index reproduces the release
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from .parallel import parallel_map
 from .layout import DatasetError, ReleaseLayoutDataset, load_label_map
 from .official import official_atr_supports, official_ids
 from .vocab import DatasetSpec, get_dataset, merge_labels, present_classes
@@ -115,23 +115,9 @@ def _classes_in_label(args: tuple[str, str]) -> tuple[int, ...]:
 def scan_classes(ds: ReleaseLayoutDataset, split: str, workers: int | None = None,
                  progress: bool = False) -> list[tuple[int, ...]]:
     """OSHP classes present in every image of a split, read from its label maps (in list order)."""
-    ids = ds.ids(split)
-    jobs = [(str(ds.label_path(i)), ds.spec.key) for i in ids]
-    if workers == 1 or len(jobs) < 64:
-        iterator = map(_classes_in_label, jobs)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        iterator = pool.map(_classes_in_label, jobs, chunksize=64)
-    try:
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(iterator, total=len(jobs), desc=f"scanning {split} labels", unit="img")
-        return list(iterator)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    jobs = [(str(ds.label_path(i)), ds.spec.key) for i in ds.ids(split)]
+    return parallel_map(_classes_in_label, jobs, workers=workers, progress=progress,
+                        desc=f"scanning {split} labels", unit="img", chunksize=64)
 
 
 def index_cache_path(ds: ReleaseLayoutDataset, split: str) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .parallel import parallel_map
 from .layout import (
     FLIPPED_LABEL_DIR,
     IMAGE_DIR,
@@ -46,8 +47,6 @@ GENERATOR = "oshp prepare"
 MAX_EXAMPLES = 10
 #: With allow_missing: every dropped id, tab-separated "split, id, paths looked at", one per line.
 MISSING_FILE = "missing_ids.txt"
-# Below this many label maps a process pool costs more than it saves.
-_POOL_THRESHOLD = 64
 
 # Candidate locations, relative to --source, of each folder an original download provides; the first
 # that exists wins. Split "train" -> meta-train ids, "test" -> meta-test ids (the official val split).
@@ -223,32 +222,7 @@ def _flip_one(task: tuple[str, str, str]) -> tuple[str, str]:
 
 
 def _run_flips(tasks: list[tuple[str, str, str]], progress: bool, workers: int | None) -> list[tuple[str, str]]:
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 8)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tasks), desc="flipped labels", unit="map", file=sys.stderr)
-    results = []
-    try:
-        if workers <= 1 or len(tasks) < _POOL_THRESHOLD:
-            for task in tasks:
-                results.append(_flip_one(task))
-                if bar is not None:
-                    bar.update()
-        else:
-            import multiprocessing
-
-            with multiprocessing.Pool(workers) as pool:
-                for result in pool.imap(_flip_one, tasks, chunksize=32):
-                    results.append(result)
-                    if bar is not None:
-                        bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
-    return results
+    return parallel_map(_flip_one, tasks, workers=workers, progress=progress, desc="flipped labels", unit="map")
 
 
 def prepare_dataset(
