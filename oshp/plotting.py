@@ -130,8 +130,9 @@ def plot_parses(rows: list[dict], spec: DatasetSpec, out: str | Path, title: str
     fig = Figure(figsize=(2.4 * len(columns), 2.5 * len(rows) + 0.8), dpi=150)
     shown: set[int] = set()
     for r, row in enumerate(rows):
+        # label maps as solid colours: an overlay tints clothing that already has a colour of its own
         panels = (overlay(row["support"], row["support_mask"], spec), row["query"],
-                  overlay(row["query"], row["pred"], spec), overlay(row["query"], row["target"], spec))
+                  colorize(row["pred"], spec), colorize(row["target"], spec))
         for label in (row["support_mask"], row["pred"], row["target"]):
             shown.update(int(c) for c in np.unique(label) if c not in (BACKGROUND, IGNORE_INDEX))
         for c, panel in enumerate(panels):
