@@ -103,3 +103,13 @@ def test_meta_test_episodes_native_resolution(tiny_synthetic):
         MetaTestEpisodes(tiny_synthetic, [{"query": "nope", "support": ids[0], "class_id": 2}])
     with pytest.raises(ValueError, match="different sizes"):
         collate_episodes([ep, MetaTestEpisodes(tiny_synthetic, pairs, size=32)[0]])
+
+
+def test_support_without_its_class_is_replaced(tiny_synthetic):
+    episodes = MetaTrainEpisodes(tiny_synthetic, 1, way="1", size=32, seed=0, pairs_per_class=2)
+    blank = next(i for i in tiny_synthetic.ids("train") if 1 not in set(
+        np.unique(tiny_synthetic.load_label(i)).tolist()))  # an image without a hat
+    i = next(n for n, r in enumerate(episodes.refs) if r.class_id == 1)
+    episodes.refs[i] = episodes.refs[i].__class__(episodes.refs[i].query, blank, 1)
+    ep = episodes[i]
+    assert ep["support_id"] != blank and (ep["support_label"] == 1).any()

@@ -12,6 +12,7 @@ all read the same fields.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -33,6 +34,7 @@ from .vocab import (
 
 WAYS = ("k", "1")
 MAX_AUGMENT_TRIES = 5
+MAX_SUPPORT_TRIES = 10
 
 
 def check_way(way: str) -> str:
@@ -123,7 +125,9 @@ class _EpisodeDataset(Dataset):
         return apply_joint(None, image, label)
 
     def __getitem__(self, index: int) -> dict:
-        ref = self.refs[index]
+        return self._episode(self.refs[index])
+
+    def _episode(self, ref: EpisodeRef) -> dict:
         q_img, q_raw = self.ds.load_pair(ref.query)
         s_img, s_raw = self.ds.load_pair(ref.support)
         q_img, q_raw = self._transform(q_img, q_raw, None)
@@ -189,6 +193,26 @@ class MetaTrainEpisodes(_EpisodeDataset):
             drawn = rng.integers(0, len(supports), size=len(chosen))
             refs.extend(EpisodeRef(ids[q], ids[supports[s]], c) for q, s in zip(chosen, drawn))
         self.refs = refs
+
+    def __getitem__(self, index: int) -> dict:
+        """The episode; if its support shows none of the classes it must (a tiny part lost to resizing),
+        another support from the same pool takes its place, drawn from (seed, epoch, index)."""
+        ref = self.refs[index]
+        rng = np.random.default_rng([self.seed, self.epoch, index, 11])
+        for _ in range(MAX_SUPPORT_TRIES):
+            episode = self._episode(ref)
+            if episode["support_classes"].any():
+                return episode
+            ref = dataclasses.replace(ref, support=self._other_support(ref, rng))
+        raise DatasetError(f"{self.ds.root}: no support with a visible "
+                           f"{'base class' if ref.class_id < 0 else self.ds.spec.class_name(ref.class_id)} found "
+                           f"after {MAX_SUPPORT_TRIES} tries (last: {ref.support}); are the labels almost empty?")
+
+    def _other_support(self, ref: EpisodeRef, rng: np.random.Generator) -> str:
+        if ref.class_id > 0:
+            ids = self.ds.ids("train")
+            return ids[int(rng.choice(self.index.support[ref.class_id]))]
+        return self.support_pool[int(rng.integers(len(self.support_pool)))]
 
     def _transform(self, image, label, needs):
         """Augment; retry (then plain resize) if the crop lost every class the support must show."""
