@@ -37,6 +37,13 @@ def default_test_pairs(ds: ReleaseLayoutDataset) -> list[dict]:
     return build_meta_test_pairs(ds.spec, ds.root)["pairs"]
 
 
+def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:
+    """A 1-way prediction as class ids: a 2-channel (background/foreground) output's 1 becomes ``class_id``;
+    an output over all class ids keeps ``class_id`` and turns everything else into background."""
+    foreground = pred == 1 if channels == 2 else pred == class_id
+    return torch.where(foreground, torch.full_like(pred, class_id), torch.zeros_like(pred))
+
+
 @torch.no_grad()
 def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: DatasetSpec, fold: int, way: str,
                       device: torch.device, *, progress: bool = True, fast: bool = False) -> dict:
@@ -64,7 +71,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
         target = batch["query_label"]
         if meter is not None:
             c = int(batch["class_id"][0])
-            pred = torch.where(pred == c, pred, torch.zeros_like(pred))  # 1-way: the class or background
+            pred = one_way_to_class(pred, c, out["pred"].shape[1])
             binary_target = torch.where(target == 255, target, (target == c).long())
             meter.update(c, (pred == c).long(), binary_target)
         conf.update(pred.cpu(), target.cpu())

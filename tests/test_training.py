@@ -178,3 +178,35 @@ def test_two_process_ddp_keeps_prototypes_identical(tiny_synthetic, tmp_path):
         if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
             assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
     assert any(a[k].abs().sum() > 0 for k in memory if a[k].is_floating_point())  # memories were written
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts the support's labels; with query = support every prediction is right."""
+
+    def __init__(self, channels: int | None):
+        super().__init__()
+        self.channels = channels
+
+    def forward(self, query, support, support_label, support_human=None):
+        if self.channels == 2:  # 1-way models answer background / foreground
+            fg = (support_label > 0) & (support_label < 255)
+            logits = torch.stack([~fg, fg], 1).float()
+        else:
+            logits = torch.nn.functional.one_hot(support_label.clamp(max=17), 18).permute(0, 3, 1, 2).float()
+        return {"pred": logits}
+
+
+@pytest.mark.parametrize("way, channels", [("k", None), ("1", 2)])
+def test_evaluation_scores_a_perfect_model_100(tiny_synthetic, way, channels):
+    from oshp.data.episodes import MetaTestEpisodes
+    from oshp.evaluation import evaluate_episodes
+
+    ids = tiny_synthetic.ids("test")[:6]
+    pairs = [{"query": i, "support": i, "class_id": c} for i in ids for c in (2, 11)]  # hair, face: in every image
+    episodes = MetaTestEpisodes(tiny_synthetic, pairs, way=way)
+    metrics = evaluate_episodes(_Oracle(channels), episodes, tiny_synthetic.spec, 1, way, torch.device("cpu"),
+                                progress=False)
+    assert metrics["per_class_iou"]["hair"] == pytest.approx(100) and metrics["per_class_iou"]["face"] == 100
+    assert metrics["overall_acc"] == pytest.approx(100)
+    if way == "1":
+        assert metrics["binary_miou"] == pytest.approx(100)
