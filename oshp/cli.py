@@ -240,13 +240,15 @@ def _add_parse(sub) -> None:
         "parse", help="parse a query into the classes of one annotated support image",
         description="Parse a query image into the classes annotated in a support mask (a PNG of the dataset's raw "
                     "class ids, the same size as the support image). Writes a colour-coded overlay (--out) and the "
-                    "label map beside it (<out>_labels.png).")
+                    "label map beside it (<out>_labels.png). With a folder as --query, every .jpg/.jpeg/.png in it "
+                    "is parsed (sorted by name) with the support encoded once, and --out is a folder receiving "
+                    "<stem>.png and <stem>_labels.png per query.")
     p.add_argument("--checkpoint", type=Path, required=True, help="RUN/checkpoint.pt")
-    p.add_argument("--query", type=Path, required=True)
+    p.add_argument("--query", type=Path, required=True, help="query image, or a folder of them")
     p.add_argument("--support", type=Path, required=True)
     p.add_argument("--support-mask", type=Path, required=True)
     p.add_argument("--classes", default=None, help="comma-separated class names to keep from the support mask")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="overlay PNG to write (a folder when --query is one)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_parse)
 
@@ -289,6 +291,70 @@ def _run_complexity(args) -> int:
     return 0
 
 
+def _add_benchmark(sub) -> None:
+    from .training import PROFILES
+
+    p = sub.add_parser(
+        "benchmark", help="pairs per second (inference, cached support, training), peak memory, FLOP floor",
+        description="Measure every method (or one) in a profile's setting on synthetic episodes (query + support at "
+                    "the profile's image size, k support classes): inference pairs/s at batch 1 and at the best batch "
+                    "size of a sweep, the same with the support's features cached (one support, many queries), "
+                    "training pairs/s over a few optimiser steps, and peak memory. The floor is the conv/matmul FLOPs "
+                    "of a pair (torch's FlopCounterMode) over the device's measured matmul peak; ratio_to_floor is "
+                    "the measured time over it. On CUDA the fast path (bf16 autocast, channels-last) is used and "
+                    "checked against fp32. Writes JSON (--out) and prints a Markdown table. Timings depend on what "
+                    "else the machine runs.")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo")
+    p.add_argument("--method", default="all", help="a method of the registry, or all (default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=None, help="query and support side (default: the profile's; "
+                   "512 for paper)")
+    p.add_argument("--ways", type=int, default=5, help="support classes k (default: %(default)s)")
+    p.add_argument("--batch-sizes", default="1,2,4,8,16", help="inference batch sizes to try (default: %(default)s); "
+                   "the sweep stops at the first out-of-memory or when --sweep-budget would run out")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=10, help="timed calls per measurement at most (default: %(default)s)")
+    p.add_argument("--max-time", type=float, default=20.0, help="seconds of timed calls per measurement at most "
+                   "(default: %(default)s)")
+    p.add_argument("--sweep-budget", type=float, default=120.0, help="seconds per batch-size sweep (default: "
+                   "%(default)s)")
+    p.add_argument("--train-batch", type=int, default=None, help="episodes per training step (default: the profile's)")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default: %(default)s)")
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too (no bf16 autocast, no channels-last)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (default off)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--peak-matmul", type=int, default=None, help="side of the peak-measuring matmul (default 8192 on "
+                   "CUDA, 2048 on the CPU)")
+    p.add_argument("--check-run", type=Path, default=None, help="trained run folder (or checkpoint): check the fast "
+                   "path on its model and meta-test episodes (default: the random-weight model, uninformative)")
+    p.add_argument("--check-episodes", type=int, default=8, help="episodes of the fast-path check (default: "
+                   "%(default)s)")
+    p.add_argument("--note", default="", help="free text saved in the JSON, e.g. what else the machine was running")
+    p.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    p.set_defaults(func=_run_benchmark)
+
+
+def _run_benchmark(args) -> int:
+    from .benchmark import format_table, run_benchmark, write_benchmark
+
+    try:
+        batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
+    except ValueError:
+        raise CliError(f"--batch-sizes takes comma-separated integers such as 1,2,4, not {args.batch_sizes!r}")
+    log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = run_benchmark(
+        profile=args.profile, method=args.method, device=args.device, image_size=args.image_size, ways=args.ways,
+        batch_sizes=batch_sizes, warmup=args.warmup, iters=args.iters, max_time_s=args.max_time,
+        sweep_budget_s=args.sweep_budget, train_batch=args.train_batch, train_steps=args.train_steps,
+        amp=False if args.no_amp else None, compile=args.compile, threads=args.threads,
+        peak_matmul_n=args.peak_matmul, fast_check_episodes=args.check_episodes,
+        check_run=str(args.check_run) if args.check_run else None, note=args.note, log=log)
+    path = write_benchmark(result, args.out)
+    print(format_table(result))
+    print(f"\n-> {path}")
+    return 0
+
+
 class _SubcommandsWithCommonOptions:
     """Adds the shared options (--quiet, --debug) to every subcommand, so they go after its name."""
 
@@ -311,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
     for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_train, _add_evaluate,
-                _add_parse, _add_complexity):
+                _add_parse, _add_complexity, _add_benchmark):
         add(sub)
     return parser
 

@@ -210,3 +210,36 @@ def test_evaluation_scores_a_perfect_model_100(tiny_synthetic, way, channels):
     assert metrics["overall_acc"] == pytest.approx(100)
     if way == "1":
         assert metrics["binary_miou"] == pytest.approx(100)
+
+
+def test_one_way_parse_labels_the_chosen_class(tiny_synthetic, tmp_path):
+    from oshp.inference import parse_files
+
+    run = tmp_path / "r1"
+    train(smoke(tiny_synthetic, way="1", epochs=1, val_pairs_per_class=0), run, progress=False)
+    ids = tiny_synthetic.ids("test")
+    result = parse_files(run / CHECKPOINT, tiny_synthetic.image_path(ids[0]), tiny_synthetic.image_path(ids[15]),
+                         tiny_synthetic.label_path(ids[15]), tmp_path / "p.png", classes="face")
+    labels = np.array(Image.open(tmp_path / "p_labels.png"))
+    assert result["classes"] == ["face"] and set(np.unique(labels)) <= {0, 11}
+    folder = tmp_path / "queries"
+    folder.mkdir()
+    for i in ids[:2]:
+        Image.open(tiny_synthetic.image_path(i)).save(folder / f"{i}.png")
+    parse_files(run / CHECKPOINT, folder, tiny_synthetic.image_path(ids[15]), tiny_synthetic.label_path(ids[15]),
+                tmp_path / "out", classes="face")
+    for i in ids[:2]:
+        assert set(np.unique(np.array(Image.open(tmp_path / "out" / f"{i}_labels.png")))) <= {0, 11}
+
+
+def test_output_labels_maps_one_way_foreground_to_its_class():
+    from types import SimpleNamespace
+
+    from oshp.inference import output_labels
+
+    logits = torch.tensor([[[[3.0, 0.0, 1.0]], [[0.0, 2.0, 4.0]]]])  # 1 x 2 x 1 x 3: background, fg, fg
+    mask = np.array([[0, 11, 11]], np.uint8)
+    one_way = SimpleNamespace(config=SimpleNamespace(way="1"))
+    assert output_labels(one_way, {"pred": logits}, mask).tolist() == [[0, 11, 11]]
+    k_way = SimpleNamespace(config=SimpleNamespace(way="k"))
+    assert output_labels(k_way, {"pred": logits}, mask).tolist() == [[0, 1, 1]]

@@ -36,7 +36,7 @@ from oshp.models.prototypes import (
     masked_average_pooling,
 )
 
-__all__ = ["EOPNetConfig", "EOPNet", "AGMHead", "NPMHead", "LOW_LOGIT", "TABLE4_ROWS"]
+__all__ = ["EOPNetConfig", "EOPNet", "SupportCache", "AGMHead", "NPMHead", "LOW_LOGIT", "TABLE4_ROWS"]
 
 LOW_LOGIT = -1.0e4
 """Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
@@ -243,6 +243,45 @@ class AGMHead(nn.Module):
         return self.classifier.bias[0]
 
 
+@dataclass
+class SupportCache:
+    """A support encoded once by :meth:`EOPNet.encode_support`, to parse many queries without re-encoding it.
+
+    Holds what the query branch needs: the episode classes of each support sample, the prototypes in use (after the
+    prototype memory, eq. 3) and the coarse human prototype. Tensors live on the model's device.
+    """
+
+    classes: list[list[int]]
+    """Per support sample, its episode's class ids (raw ids, in the order of ``prototypes``)."""
+    prototypes: torch.Tensor
+    """P x D fine prototypes in use, P = total number of classes over the samples."""
+    static: list[torch.Tensor]
+    """Per sample, K_b x D static prototypes (eq. 2)."""
+    present: list[torch.Tensor]
+    """Per sample, K_b bools: the class has mass on the feature grid."""
+    human: torch.Tensor | None
+    """B x D human prototypes of the coarse space (None when the coarse head does not run)."""
+    channels: int = 3
+    """Channels of the support image (a query must have as many)."""
+
+    @property
+    def batch(self) -> int:
+        """Number of encoded supports."""
+        return len(self.classes)
+
+    def expand(self, n: int) -> "SupportCache":
+        """The cache for a query batch of ``n``: itself when it holds ``n`` supports, one support repeated n times."""
+        if n == self.batch:
+            return self
+        if self.batch != 1:
+            raise ValueError(f"the support cache holds {self.batch} supports but the query batch is {n}: encode one "
+                             f"support to share it across a batch, or one support per query")
+        return SupportCache(
+            classes=[list(self.classes[0]) for _ in range(n)], prototypes=self.prototypes.repeat(n, 1),
+            static=self.static * n, present=self.present * n,
+            human=None if self.human is None else self.human.repeat(n, 1), channels=self.channels)
+
+
 def _is_int(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
 
@@ -282,6 +321,42 @@ class EOPNet(nn.Module):
         return self.config.num_classes if self.config.way == "k" else 2
 
     # ------------------------------------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_image(name: str, img: object) -> None:
+        if not isinstance(img, torch.Tensor) or img.dim() != 4:
+            raise ValueError(f"{name} must be a B x 3 x H x W image tensor, got "
+                             f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
+        if not img.dtype.is_floating_point:
+            raise ValueError(f"{name} must be a floating-point (normalised) image tensor, got dtype {img.dtype}")
+
+    def _check_label(self, name: str, t: torch.Tensor | None, img: torch.Tensor, img_name: str,
+                     binary: bool = False) -> torch.Tensor | None:
+        if t is None:
+            return None
+        if t.dim() == 4 and t.shape[1] == 1:
+            t = t[:, 0]
+        if binary and t.dtype == torch.bool:
+            t = t.to(torch.uint8)
+        if not _is_int(t):
+            raise ValueError(f"{name} must be an integer tensor of class ids (uint8/int64), got dtype {t.dtype}")
+        if t.dim() != 3 or t.shape[0] != img.shape[0] or t.shape[-2:] != img.shape[-2:]:
+            raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {img_name} of shape "
+                             f"{tuple(img.shape)}: expected {(img.shape[0],) + tuple(img.shape[-2:])}")
+        valid = t[t != IGNORE_INDEX]
+        limit = 2 if binary else self.config.num_classes
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= limit):
+            raise ValueError(f"{name} holds ids outside 0..{limit - 1} (and {IGNORE_INDEX} = ignore): "
+                             f"min {int(valid.min())}, max {int(valid.max())}")
+        return t.long()
+
+    @staticmethod
+    def _check_support_foreground(support_label: torch.Tensor) -> None:
+        fg = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
+        empty = (~fg.flatten(1).any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"support mask has no foreground pixels: annotate at least one class "
+                             f"(support sample(s) {empty} hold only background/ignore)")
+
     def _check_inputs(
         self,
         query: torch.Tensor,
@@ -292,44 +367,16 @@ class EOPNet(nn.Module):
         query_human: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         for name, img in (("query", query), ("support", support)):
-            if not isinstance(img, torch.Tensor) or img.dim() != 4:
-                raise ValueError(f"{name} must be a B x 3 x H x W image tensor, got "
-                                 f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
-            if not img.dtype.is_floating_point:
-                raise ValueError(f"{name} must be a floating-point (normalised) image tensor, got dtype {img.dtype}")
+            self._check_image(name, img)
         if query.shape[0] != support.shape[0]:
             raise ValueError(f"query batch {query.shape[0]} != support batch {support.shape[0]}; one support per query")
         if query.shape[1] != support.shape[1]:
             raise ValueError(f"query has {query.shape[1]} channels and support {support.shape[1]}")
-
-        def label(name: str, t: torch.Tensor | None, img: torch.Tensor, img_name: str, binary: bool = False):
-            if t is None:
-                return None
-            if t.dim() == 4 and t.shape[1] == 1:
-                t = t[:, 0]
-            if binary and t.dtype == torch.bool:
-                t = t.to(torch.uint8)
-            if not _is_int(t):
-                raise ValueError(f"{name} must be an integer tensor of class ids (uint8/int64), got dtype {t.dtype}")
-            if t.dim() != 3 or t.shape[0] != img.shape[0] or t.shape[-2:] != img.shape[-2:]:
-                raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {img_name} of shape "
-                                 f"{tuple(img.shape)}: expected {(img.shape[0],) + tuple(img.shape[-2:])}")
-            valid = t[t != IGNORE_INDEX]
-            limit = 2 if binary else self.config.num_classes
-            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= limit):
-                raise ValueError(f"{name} holds ids outside 0..{limit - 1} (and {IGNORE_INDEX} = ignore): "
-                                 f"min {int(valid.min())}, max {int(valid.max())}")
-            return t.long()
-
-        support_label = label("support_label", support_label, support, "support")
-        support_human = label("support_human", support_human, support, "support", binary=True)
-        query_label = label("query_label", query_label, query, "query")
-        query_human = label("query_human", query_human, query, "query", binary=True)
-        fg = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
-        empty = (~fg.flatten(1).any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"support mask has no foreground pixels: annotate at least one class "
-                             f"(support sample(s) {empty} hold only background/ignore)")
+        support_label = self._check_label("support_label", support_label, support, "support")
+        support_human = self._check_label("support_human", support_human, support, "support", binary=True)
+        query_label = self._check_label("query_label", query_label, query, "query")
+        query_human = self._check_label("query_human", query_human, query, "query", binary=True)
+        self._check_support_foreground(support_label)
         return support_label, support_human, query_label, query_human
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -404,23 +451,84 @@ class EOPNet(nn.Module):
             ``"classes"`` (per-sample tuple of episode class ids), and in training mode with ``query_label``:
             ``"loss_agm"``, ``"loss_npm"`` (detached CE terms), ``"loss_dml_fine"``, ``"loss_dml_coarse"``,
             ``"loss_nca"`` and ``"loss"`` (eq. 13).
+
+        To parse many queries with one support, encode it once with :meth:`encode_support` and call
+        :meth:`forward_with_support` (eval mode).
         """
-        cfg = self.config
         support_label, support_human, query_label, query_human = self._check_inputs(
             query, support, support_label, support_human, query_label, query_human)
-        n, size_in = query.shape[0], tuple(query.shape[-2:])
-        training = self.training
-        beta = beta_schedule(epoch, max_epoch, cfg.weight_shifting) if (cfg.use_agm and cfg.use_npm) else \
-            (1.0 if cfg.use_agm else 0.0)
-
+        n = query.shape[0]
         # --- embedding network (siamese, one pass when the shapes allow it)
         if query.shape == support.shape:
             g = self.backbone(torch.cat([query, support], dim=0))
             gq, gs = g[:n], g[n:]
         else:
             gq, gs = self.backbone(query), self.backbone(support)
-        hq, hs = self.fine_proj(gq), self.fine_proj(gs)
-        size = (int(hq.shape[-2]), int(hq.shape[-1]))  # query feature grid
+        support_state = self._encode_support(gs, support_label, support_human, epoch, support.shape[1])
+        return self._parse_query(query, gq, support_state, epoch, max_epoch, query_label, query_human)
+
+    @torch.no_grad()
+    def encode_support(self, support: torch.Tensor, support_label: torch.Tensor,
+                       support_human: torch.Tensor | None = None) -> SupportCache:
+        """Encode a support once (eval mode): its backbone pass, episode classes and prototypes, for many queries.
+
+        ``forward_with_support(query, cache)`` then gives what ``forward(query, support, support_label,
+        support_human)`` gives, without the support's share of the work (half the backbone at equal sizes). Runs
+        under ``torch.no_grad`` so that a cache kept for many queries holds no autograd graph.
+        """
+        if self.training:
+            raise RuntimeError("encode_support is for inference: call model.eval() first (a training forward writes "
+                               "the prototype memory and needs the query's labels, so it cannot reuse a support)")
+        self._check_image("support", support)
+        if support_label is None:
+            raise ValueError("encode_support needs support_label: the support mask defines the episode's classes")
+        support_label = self._check_label("support_label", support_label, support, "support")
+        support_human = self._check_label("support_human", support_human, support, "support", binary=True)
+        self._check_support_foreground(support_label)
+        return self._encode_support(self.backbone(support), support_label, support_human, 0, support.shape[1])
+
+    def forward_with_support(self, query: torch.Tensor, cache: SupportCache) -> dict[str, object]:
+        """Parse ``query`` (B x 3 x H x W) with a support encoded by :meth:`encode_support`; eval mode only.
+
+        Returns the eval-mode dict of :meth:`forward`. A cache of one support is shared by every query of the batch;
+        a cache of B supports pairs them with the B queries in order. The outputs equal ``forward``'s up to float
+        rounding: at equal query/support sizes ``forward`` runs both images through the backbone in one batch, and a
+        batched convolution may differ from two separate ones in the last bits; at different sizes they are identical.
+        """
+        if self.training:
+            raise RuntimeError("forward_with_support is for inference: call model.eval() first")
+        if not isinstance(cache, SupportCache):
+            raise TypeError(f"cache must be a SupportCache from encode_support, not {type(cache).__name__}")
+        self._check_image("query", query)
+        if query.shape[1] != cache.channels:
+            raise ValueError(f"query has {query.shape[1]} channels and support {cache.channels}")
+        if cache.prototypes.shape[-1] != self.config.embed_dim:
+            raise ValueError(f"this support cache holds {cache.prototypes.shape[-1]}-d prototypes but the model's "
+                             f"metric spaces are {self.config.embed_dim}-d: encode the support with this model")
+        state = cache.expand(query.shape[0])
+        if self._runs_coarse() and state.human is None:
+            raise ValueError("this support cache has no human prototype but the model runs its coarse head: encode "
+                             "the support again with this model in its current configuration")
+        return self._parse_query(query, self.backbone(query), state, 0, 1, None, None)
+
+    def _beta(self, epoch: int, max_epoch: int) -> float:
+        cfg = self.config
+        if cfg.use_agm and cfg.use_npm:
+            return beta_schedule(epoch, max_epoch, cfg.weight_shifting)
+        return 1.0 if cfg.use_agm else 0.0
+
+    def _runs_coarse(self) -> bool:
+        cfg = self.config
+        return self.coarse_agm is not None and (self.training or cfg.coarse_at_eval or cfg.foreground_screening)
+
+    def _encode_support(self, gs: torch.Tensor, support_label: torch.Tensor, support_human: torch.Tensor | None,
+                        epoch: int, channels: int) -> SupportCache:
+        """The support branch of the forward: episode classes, prototypes (eqs. 2-3), the coarse human prototype.
+
+        In training mode this writes the prototype memories (eq. 3), exactly as the forward always did.
+        """
+        cfg = self.config
+        hs = self.fine_proj(gs)
         size_s = (int(hs.shape[-2]), int(hs.shape[-1]))  # support feature grid (sizes may differ at test time)
 
         # --- episode classes and static support prototypes (eq. 2)
@@ -428,7 +536,7 @@ class EOPNet(nn.Module):
         s_weights = self._class_weights(support_label, classes, size_s)
         s_protos, s_present = self._pool(hs, s_weights)
         if cfg.mask_downsample == "nearest":  # classes that vanished on the feature grid leave the episode
-            for b in range(n):
+            for b in range(len(classes)):
                 keep = s_present[b]
                 if not bool(keep.any()):
                     raise ValueError(f"support sample {b}: every annotated class vanished when the mask was "
@@ -436,14 +544,47 @@ class EOPNet(nn.Module):
                 if not bool(keep.all()):
                     classes[b] = [c for c, k in zip(classes[b], keep.tolist()) if k]
                     s_weights[b], s_protos[b], s_present[b] = s_weights[b][keep], s_protos[b][keep], s_present[b][keep]
+        class_ids = [c for ids in classes for c in ids]
+        static = torch.cat(s_protos, dim=0)
+        # --- dynamic prototypes (eq. 3)
+        protos = self.fine_memory(static, class_ids, epoch)
+
+        # --- coarse space: the human prototype (no background prototype, section 4.2)
+        human_proto = None
+        if self._runs_coarse():
+            h1s = self.coarse_proj(gs)
+            if support_human is None:
+                human = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
+            else:
+                human = support_human == 1
+            hw = downsample_mask(human, size_s, cfg.mask_downsample)
+            h_proto, h_present = masked_average_pooling(h1s, hw.unsqueeze(1))
+            h_proto, h_present = h_proto[:, 0], h_present[:, 0]
+            idx = h_present.nonzero().flatten()
+            if idx.numel():
+                used = self.coarse_memory(h_proto.index_select(0, idx), [1] * idx.numel(), epoch)
+                h_proto = h_proto.index_copy(0, idx, used.to(h_proto.dtype))
+            human_proto = h_proto
+        return SupportCache(classes=classes, prototypes=protos, static=s_protos, present=s_present,
+                            human=human_proto, channels=channels)
+
+    def _parse_query(self, query: torch.Tensor, gq: torch.Tensor, support: SupportCache, epoch: int, max_epoch: int,
+                     query_label: torch.Tensor | None, query_human: torch.Tensor | None) -> dict[str, object]:
+        """The query branch of the forward: cosine maps (eq. 4), NPM/AGM heads, coarse head, losses in training."""
+        cfg = self.config
+        n, size_in = query.shape[0], tuple(query.shape[-2:])
+        training = self.training
+        beta = self._beta(epoch, max_epoch)
+        hq = self.fine_proj(gq)
+        size = (int(hq.shape[-2]), int(hq.shape[-1]))  # query feature grid
+        classes = support.classes
         dev = hq.device
         group = torch.cat([torch.full((len(ids),), b, dtype=torch.long) for b, ids in enumerate(classes)]).to(dev)
         class_ids = [c for ids in classes for c in ids]
         channel = torch.as_tensor(class_ids if cfg.way == "k" else [1] * len(class_ids), dtype=torch.long, device=dev)
-        static = torch.cat(s_protos, dim=0)
 
-        # --- dynamic prototypes (eq. 3) and cosine maps (eq. 4)
-        protos = self.fine_memory(static, class_ids, epoch)
+        # --- cosine maps (eq. 4) against the prototypes in use
+        protos = support.prototypes
         sims = []
         start = 0
         for b, ids in enumerate(classes):
@@ -468,23 +609,11 @@ class EOPNet(nn.Module):
             out["agm"] = self._upsample(self._scatter(fg, bg, group, channel, fill), size_in)
 
         # --- coarse space: human vs background, AGM only (beta = 1)
-        run_coarse = self.coarse_agm is not None and (training or cfg.coarse_at_eval or cfg.foreground_screening)
-        if run_coarse:
-            h1q, h1s = self.coarse_proj(gq), self.coarse_proj(gs)
-            if support_human is None:
-                human = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
-            else:
-                human = support_human == 1
-            hw = downsample_mask(human, size_s, cfg.mask_downsample)
-            h_proto, h_present = masked_average_pooling(h1s, hw.unsqueeze(1))
-            h_proto, h_present = h_proto[:, 0], h_present[:, 0]
-            idx = h_present.nonzero().flatten()
-            if idx.numel():
-                used = self.coarse_memory(h_proto.index_select(0, idx), [1] * idx.numel(), epoch)
-                h_proto = h_proto.index_copy(0, idx, used.to(h_proto.dtype))
-            h_sims = cosine_similarity_maps(h1q, h_proto.unsqueeze(1))[:, 0]
+        if self._runs_coarse():
+            h1q = self.coarse_proj(gq)
+            h_sims = cosine_similarity_maps(h1q, support.human.unsqueeze(1))[:, 0]  # type: ignore[union-attr]
             arange = torch.arange(n, device=dev)
-            fg, bg = self.coarse_agm(h1q, h_sims, arange, n)
+            fg, bg = self.coarse_agm(h1q, h_sims, arange, n)  # type: ignore[misc]
             out["coarse"] = self._upsample(torch.stack([bg, fg], dim=1), size_in)
 
         pred = out["npm"] if "npm" in out else out["agm"]
@@ -495,7 +624,8 @@ class EOPNet(nn.Module):
         out["pred"] = pred
 
         if training and query_label is not None:
-            out.update(self._losses(out, query_label, query_human, classes, hq, s_protos, s_present, beta, size))
+            out.update(self._losses(out, query_label, query_human, classes, hq, support.static, support.present, beta,
+                                    size))
         if training and cfg.sync_memory:
             self._sync_memories()
         return out
