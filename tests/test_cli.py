@@ -7,7 +7,7 @@ import pytest
 
 from oshp.cli import build_parser, main
 
-SUBCOMMANDS = ("synth", "prepare", "check-data", "pairs", "show")
+SUBCOMMANDS = ("synth", "prepare", "check-data", "pairs", "show", "train", "evaluate", "parse", "complexity", "benchmark")
 
 
 def test_every_subcommand_has_help(capsys):
