@@ -5,7 +5,8 @@ the meta-test pairs, scores the lower bound "background everywhere" on the same 
 
 * ``OUT/demo_results.json``: every run's metrics, training wall time, the device and the settings;
 * a Markdown table on stdout (pasted into the README);
-* ``FIGURE``: k-way fold 1 parses of the novel classes (skirt, pants, dress) from one support each.
+* ``FIGURE`` (k-way) and ``FIGURE`` with suffix ``_1way`` (1-way): fold 1 parses of the novel classes
+  (skirt, pants, dress) from one support each.
 
 Runs whose ``metrics.json`` exists are reused (delete the run folder to retrain).
 
@@ -25,6 +26,7 @@ import torch
 from oshp.data.episodes import MetaTestEpisodes
 from oshp.data.layout import ReleaseLayoutDataset
 from oshp.evaluation import background_baseline, default_test_pairs, evaluate_run, load_run_model
+from oshp.inference import output_labels
 from oshp.plotting import plot_parses
 from oshp.training import device_name, make_config, resolve_device, train
 
@@ -46,7 +48,7 @@ def run_one(args, way: str, fold: int) -> dict:
 
 
 def novel_parse_figure(run: Path, ds: ReleaseLayoutDataset, out: Path) -> Path:
-    """One k-way parse per novel class of fold 1, from the first meta-test pair drawn for that class."""
+    """One parse per novel class of the run's fold, from the first meta-test pair drawn for that class."""
     cfg, model, device, _ = load_run_model(run)
     pairs = default_test_pairs(ds)
     chosen = [next(p for p in pairs if p["class_id"] == c) for c in ds.spec.novel_ids(cfg.fold)]
@@ -55,14 +57,15 @@ def novel_parse_figure(run: Path, ds: ReleaseLayoutDataset, out: Path) -> Path:
     for i, pair in enumerate(chosen):
         ep = episodes[i]
         with torch.no_grad():
-            pred = model(ep["query_image"][None].to(device), ep["support_image"][None].to(device),
-                         ep["support_label"][None].to(device), support_human=ep["support_human"][None].to(device))
+            outputs = model(ep["query_image"][None].to(device), ep["support_image"][None].to(device),
+                            ep["support_label"][None].to(device), support_human=ep["support_human"][None].to(device))
         to_img = lambda t: (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
-        rows.append({"support": to_img(ep["support_image"]), "support_mask": ep["support_label"].numpy(),
-                     "query": to_img(ep["query_image"]), "pred": pred["pred"].argmax(1)[0].cpu().numpy(),
+        support_mask = ep["support_label"].numpy().astype(np.uint8)
+        rows.append({"support": to_img(ep["support_image"]), "support_mask": support_mask,
+                     "query": to_img(ep["query_image"]), "pred": output_labels(model, outputs, support_mask),
                      "target": ep["query_label"].numpy(),
                      "caption": f"novel: {ds.spec.class_name(pair['class_id'])}"})
-    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), k-way, fold {cfg.fold}: "
+    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
                                                  f"novel classes parsed from one support")
 
 
@@ -106,8 +109,10 @@ def main() -> None:
         print(f"| {r['way']}-way | {r['fold']} | {r['train_wall_time_s'] / 60:.1f} min | {fmt(r['novel_miou'])} | "
               f"{fmt(r['base_miou'])} | {fmt(r['human_miou'])} | {fmt(r['overall_acc'])} | "
               f"{fmt(r.get('binary_miou'))} | {fmt(r['background_everywhere']['novel_miou'])} |")
-    if "k" in args.ways and 1 in args.folds:
-        print(f"figure: {novel_parse_figure(args.out / 'eopnet_kway_f1', ds, args.figure)}")
+    if 1 in args.folds:
+        for way in args.ways:
+            figure = args.figure if way == "k" else args.figure.with_name(args.figure.stem + "_1way.png")
+            print(f"figure: {novel_parse_figure(args.out / f'eopnet_{way}way_f1', ds, figure)}")
 
 
 if __name__ == "__main__":
