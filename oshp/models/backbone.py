@@ -136,8 +136,8 @@ class DeepLabFeatures(nn.Module):
                 raise RuntimeError(
                     f"pretrained weights for backbone {name!r} could not be fetched ({type(err).__name__}: {err}). "
                     "pretrained=True needs network access to the Hugging Face model hub on first use (the weights are "
-                    "cached afterwards). Offline, pass a local checkpoint path with weights='/path/to/ckpt.pth', "
-                    "or use pretrained=False."
+                    "cached afterwards). Offline, pass a local checkpoint instead (`oshp train --backbone-weights "
+                    "/path/to/ckpt.pth`, or weights='/path/to/ckpt.pth' in Python), or train without --pretrained."
                 ) from err
         else:
             body = timm.create_model(name, pretrained=False, **kwargs)
