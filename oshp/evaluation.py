@@ -19,10 +19,10 @@ from .data.episodes import MetaTestEpisodes, collate_episodes
 from .data.layout import DatasetError, ReleaseLayoutDataset
 from .data.official import official_ids
 from .data.pairs import build_meta_test_pairs, load_pairs
-from .data.vocab import DatasetSpec
+from .data.vocab import DatasetSpec, get_dataset
 from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
 from .training import (
-    CHECKPOINT, atomic_write_json, config_from_run, device_name, load_checkpoint, load_model_state,
+    CHECKPOINT, atomic_write_json, config_from_dict, device_name, load_checkpoint, load_model_state,
     model_from_config, resolve_device, versions, _to_device,
 )
 
@@ -111,13 +111,7 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
     path = Path(checkpoint) if checkpoint else run / CHECKPOINT
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, dev)
-    from .training import TrainConfig
-    import dataclasses
-
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-    from .data.vocab import get_dataset
-
+    cfg = config_from_dict(ckpt["config"])
     spec = get_dataset(cfg.dataset)
     # weights come from the checkpoint: never fetch or read the backbone's initial weights again
     cfg.pretrained, cfg.backbone_weights = False, None

@@ -413,7 +413,11 @@ def config_from_run(run: str | Path) -> TrainConfig:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise DatasetError(f"no {CONFIG} in {run}; pass a run folder written by `oshp train --out RUN`")
-    data = json.loads(path.read_text())
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    """A TrainConfig from its JSON form (config.json or a checkpoint); keys of newer versions are ignored."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in data.items() if k in known})
 
