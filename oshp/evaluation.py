@@ -148,16 +148,20 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     return result
 
 
-def _spread(pairs: list[dict], n: int) -> list[dict]:
-    """At most n pairs, the same number from each class (for quick evaluations)."""
-    classes = sorted({p["class_id"] for p in pairs}, key=[p["class_id"] for p in pairs].index)
-    per_class = max(1, n // max(len(classes), 1))
+def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:
+    """The first ``per_class`` pairs of every class, in the pairs' order (a quick, balanced subset)."""
     out, counts = [], {}
     for p in pairs:
         if counts.get(p["class_id"], 0) < per_class:
             counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
             out.append(p)
     return out
+
+
+def _spread(pairs: list[dict], n: int) -> list[dict]:
+    """At most n pairs, the same number from each class (for quick evaluations)."""
+    classes = {p["class_id"] for p in pairs}
+    return first_pairs_per_class(pairs, max(1, n // max(len(classes), 1)))
 
 
 def read_metrics(run: str | Path) -> dict:

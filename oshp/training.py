@@ -258,14 +258,9 @@ class Trainer:
     def _validation_episodes(self) -> MetaTestEpisodes | None:
         if self.cfg.val_pairs_per_class <= 0:
             return None
-        from .evaluation import default_test_pairs
+        from .evaluation import default_test_pairs, first_pairs_per_class
 
-        pairs = default_test_pairs(self.ds)
-        chosen, counts = [], {}
-        for p in pairs:  # the first pairs of every class, spread over its queries
-            if counts.get(p["class_id"], 0) < self.cfg.val_pairs_per_class:
-                counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
-                chosen.append(p)
+        chosen = first_pairs_per_class(default_test_pairs(self.ds), self.cfg.val_pairs_per_class)
         return MetaTestEpisodes(self.ds, chosen, way=self.cfg.way, size=self.cfg.image_size)
 
     # ---------------------------------------------------------------------------------- state
