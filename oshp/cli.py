@@ -270,8 +270,10 @@ def _add_complexity(sub) -> None:
     p.add_argument("--method", default="eopnet")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--ways", type=int, default=5, help="support classes k (default: %(default)s)")
-    p.add_argument("--backbone", default="xception65")
-    p.add_argument("--way", choices=("k", "1"), default="k")
+    p.add_argument("--backbone", default=None, help="timm backbone (default: the method's backbone in the paper)")
+    p.add_argument("--way", choices=("k", "1"), default=None, help="k or 1 (default: k where the paper runs the "
+                   "method k-way, else 1)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="model option")
     p.add_argument("--json", action="store_true", help="print JSON only")
     p.set_defaults(func=_run_complexity)
 
@@ -280,9 +282,10 @@ def _run_complexity(args) -> int:
     from .complexity import complexity
     from .methods import get_method
 
-    get_method(args.method)
-    result = complexity(method=args.method, image_size=args.image_size, ways=args.ways, backbone=args.backbone,
-                        way=args.way)
+    m = get_method(args.method)
+    way = args.way or ("k" if "k" in m.ways else "1")
+    result = complexity(method=m.name, image_size=args.image_size, ways=args.ways, backbone=args.backbone,
+                        way=way, **dict(_parse_option(o) for o in args.option))
     if args.json:
         print(json.dumps(result))
     else:

@@ -18,10 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity", "PAPER_TABLE5"]
+__all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity"]
 
-PAPER_TABLE5 = {"eopnet": {"params_m": 42.5, "gmacs": 129.3, "fps": 12.0}}
-"""The paper's Table 5 row for EOP-Net (512 x 512, k = 5)."""
 
 # ATR ids used for the k synthetic support classes (OSHP foreground classes, rarest first is irrelevant here)
 _ATR_FOREGROUND = (2, 4, 11, 14, 12, 9, 6, 1, 16, 5, 7)
@@ -92,44 +90,46 @@ def complexity(
     method: str = "eopnet",
     image_size: int = 512,
     ways: int = 5,
-    backbone: str = "xception65",
+    backbone: str | None = None,
     num_classes: int = 18,
     way: str = "k",
-    **config_overrides: Any,
+    **model_options: Any,
 ) -> dict[str, Any]:
-    """Parameters and inference GMACs of a model in the Table 5 setting (one query + one support, eval mode).
+    """Parameters and inference GMACs of a registry method in the Table 5 setting (one query + one support, eval mode).
 
     Builds the model with random weights (nothing is downloaded) and runs one real forward on the CPU under
-    FlopCounterMode (EOP-Net's episode classes are data dependent, so a meta-device forward is not possible; the
-    xception65 / 512 px forward takes a few seconds to a minute on a CPU). ``config_overrides`` go to
-    :class:`oshp.models.eopnet.EOPNetConfig` (e.g. ``coarse_at_eval=False`` for the NPM-only path).
+    FlopCounterMode (the episode classes are data dependent, so a meta-device forward is not possible; a paper-size
+    forward at 512 px takes a few seconds to a minute on a CPU). ``backbone`` defaults to the method's paper backbone;
+    ``model_options`` go to the method's builder (e.g. ``coarse_at_eval=False`` for EOP-Net's NPM-only path).
 
     Returns a dict with ``params_m`` (trainable, millions), ``params_total_m``, ``gmacs``, ``breakdown_gmacs`` (per
     component), ``image_size``, ``ways``, ``method``, ``backbone``, ``counter`` (how MACs were counted), ``seconds``,
-    and ``paper`` (the Table 5 numbers, when known).
+    and ``paper`` (the Table 5 row, when the paper gives one, else None).
     """
-    if method.lower() not in ("eopnet", "eop-net"):
-        raise ValueError(f"complexity() knows method 'eopnet'; got {method!r}")
-    from oshp.models.eopnet import EOPNet, EOPNetConfig
+    from oshp.methods import build_model, get_method
 
-    cfg = EOPNetConfig(num_classes=num_classes, backbone=backbone, pretrained=False, way=way,  # type: ignore[arg-type]
-                       **config_overrides)
-    model = EOPNet(cfg).eval()
+    m = get_method(method)
+    backbone = backbone or m.paper_backbone
+    torch.manual_seed(0)
+    model = build_model(m.name, num_classes=num_classes, way=way, backbone=backbone, pretrained=False,
+                        backbone_weights=None, **model_options).eval()
     query, support, label = _synthetic_episode(image_size, ways, num_classes, way)
     t0 = time.perf_counter()
     gmacs, counter = _count(model, (query, support, label), {})
     seconds = time.perf_counter() - t0
     summary = parameter_summary(model)
     return {
-        "method": "eopnet",
+        "method": m.name,
+        "display": m.display,
         "params_m": summary["trainable_m"],
         "params_total_m": summary["total_m"],
         "gmacs": gmacs,
         "breakdown_gmacs": _breakdown(counter, model),
         "image_size": image_size,
         "ways": ways,
+        "way": way,
         "backbone": backbone,
         "counter": "torch.utils.flop_counter.FlopCounterMode (conv/matmul only), MACs = FLOPs / 2",
         "seconds": seconds,
-        "paper": PAPER_TABLE5["eopnet"],
+        "paper": m.table5,
     }

@@ -1,14 +1,22 @@
-"""One registry of methods, so the CLI and the notebooks pick a method by name.
+"""One registry of methods, so the CLI, the benchmark and the notebooks pick a method by name.
 
-A method entry says how to build its model from a run configuration and which settings (k-way,
-1-way) the paper gives it. Contenders register here too (one entry each).
+A :class:`Method` says how to build its model, which settings (k-way, 1-way) the paper gives it, its backbone in the
+paper's configuration, its per-profile training settings and its Table 5 row where the paper gives one. Contenders
+(paper section 6.3) live in ``oshp.models`` and are registered here, one entry each; their builders are imported lazily
+so that ``oshp --help`` stays fast.
+
+Every model takes the same call, ``model(query, support, support_label, support_human=None, query_label=None,
+query_human=None, epoch=0, max_epoch=1)``, and returns a dict with ``"pred"`` (k-way: logits over the dataset's raw ids,
+classes absent from the support at a very low logit; 1-way: background/foreground logits) and, in training mode with
+``query_label``, ``"loss"`` and its named ``"loss_*"`` terms.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from torch import nn
 
@@ -18,9 +26,22 @@ class Method:
     name: str
     display: str
     ways: tuple[str, ...]
-    build: Callable[..., nn.Module]
+    build: Callable[..., nn.Module] | str
+    """A builder ``(num_classes, way, backbone, pretrained, backbone_weights, **model_options) -> nn.Module`` or the
+    dotted path ``"module:function"`` of one (imported on first use)."""
     description: str = ""
-    options: dict = field(default_factory=dict)
+    paper_backbone: str = "xception65"
+    """The backbone of the paper's configuration (Table 5; ``profile="paper"`` uses it unless overridden)."""
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per profile, TrainConfig fields this method sets on top of the profile (``model_options`` merged)."""
+    table5: dict[str, float] | None = None
+    """The paper's Table 5 row (params_m, gmacs, fps at 512 x 512, k = 5, V100) where it gives one."""
+
+    def builder(self) -> Callable[..., nn.Module]:
+        if callable(self.build):
+            return self.build
+        module, _, func = self.build.partition(":")
+        return getattr(importlib.import_module(module), func)
 
 
 def _build_eopnet(num_classes: int, way: str, backbone: str, pretrained: bool = False,
@@ -38,9 +59,19 @@ def _build_eopnet(num_classes: int, way: str, backbone: str, pretrained: bool = 
 
 
 METHODS: dict[str, Method] = {
-    "eopnet": Method("eopnet", "EOP-Net", ("k", "1"), _build_eopnet,
-                     "End-to-end One-shot human Parsing network (TPAMI 2023), paper sections 4 and 6.1"),
+    "eopnet": Method(
+        "eopnet", "EOP-Net", ("k", "1"), _build_eopnet,
+        "End-to-end One-shot human Parsing network (TPAMI 2023), paper sections 4 and 6.1",
+        settings={"demo": {"model_options": {"embed_dim": 64, "warmup_epochs": 3}},
+                  "smoke": {"model_options": {"embed_dim": 32, "warmup_epochs": 1}}},
+        table5={"params_m": 42.5, "gmacs": 129.3, "fps": 12.0}),
 }
+
+
+def register(method: Method) -> Method:
+    """Add (or replace) a registry entry; returns it."""
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
@@ -50,11 +81,22 @@ def get_method(name: str) -> Method:
     return METHODS[key]
 
 
+def method_settings(method: str, profile: str) -> dict[str, Any]:
+    """The TrainConfig fields ``method`` sets in ``profile`` (its paper backbone in the paper profile)."""
+    m = get_method(method)
+    values = {"model_options": {}}
+    if profile == "paper":
+        values["backbone"] = m.paper_backbone
+    for key, value in m.settings.get(profile, {}).items():
+        values[key] = dict(value) if key == "model_options" else value
+    return values
+
+
 def build_model(method: str, *, num_classes: int, way: str, backbone: str, pretrained: bool = False,
                 backbone_weights: str | None = None, **model_options) -> nn.Module:
     m = get_method(method)
     if way not in m.ways:
         raise ValueError(f"{m.display} is evaluated {' and '.join(w + '-way' for w in m.ways)} in the paper, "
                          f"not {way}-way")
-    return m.build(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
-                   backbone_weights=backbone_weights, **model_options)
+    return m.builder()(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
+                       backbone_weights=backbone_weights, **model_options)

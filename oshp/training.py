@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, check_way, collate_episodes
 from .data.layout import DatasetError, ReleaseLayoutDataset
-from .methods import build_model, get_method
+from .methods import build_model, get_method, method_settings
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -93,15 +93,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     # nearest-prototype head predicting background everywhere in that budget (measured; see README).
     "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, image_size=128, epochs=10, batch_size=8,
                  optimizer="adamw", lr=2e-3, weight_decay=1e-4, pairs_per_epoch=800, val_pairs_per_class=10,
-                 workers=0, model_options={"embed_dim": 64, "warmup_epochs": 3}),
+                 workers=0),
     "smoke": dict(backbone="mobilenetv3_small_050", pretrained=False, image_size=64, epochs=2, batch_size=2,
-                  lr=0.01, pairs_per_epoch=8, one_way_pairs_per_class=2, val_pairs_per_class=1, workers=0,
-                  model_options={"embed_dim": 32, "warmup_epochs": 1}),
+                  lr=0.01, pairs_per_epoch=8, one_way_pairs_per_class=2, val_pairs_per_class=1, workers=0),
 }
 
 
 def make_config(profile: str = "demo", **overrides: Any) -> TrainConfig:
-    """A profile's configuration with ``overrides`` applied (``model_options`` are merged, not replaced)."""
+    """A profile's configuration, then the method's own settings for it (e.g. its paper backbone, its model options
+    on the small demo backbone), then ``overrides`` (``model_options`` are merged at each step, not replaced)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -110,6 +110,9 @@ def make_config(profile: str = "demo", **overrides: Any) -> TrainConfig:
         raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(fields)}")
     values = dict(PROFILES[profile])
     model_options = dict(values.pop("model_options", {}))
+    own = method_settings(overrides.get("method") or TrainConfig.method, profile)
+    model_options.update(own.pop("model_options"))
+    values.update(own)
     model_options.update(overrides.pop("model_options", None) or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
     cfg = TrainConfig(profile=profile, model_options=model_options, **values)

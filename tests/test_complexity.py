@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from oshp.complexity import PAPER_TABLE5, complexity, count_macs, count_parameters, parameter_summary
+from oshp.complexity import complexity, count_macs, count_parameters, parameter_summary
 from oshp.models.backbone import DeepLabFeatures
+from oshp.methods import get_method
 from oshp.models.eopnet import EOPNet, EOPNetConfig
 
 
@@ -36,7 +37,8 @@ def test_paper_configuration_parameter_count_within_4_percent():
     with torch.device("meta"):  # no memory, no init cost, no forward
         model = EOPNet(EOPNetConfig())  # xception65, k-way, every component on
     params = count_parameters(model)
-    assert abs(params - PAPER_TABLE5["eopnet"]["params_m"]) / PAPER_TABLE5["eopnet"]["params_m"] < 0.04
+    paper = get_method("eopnet").table5["params_m"]
+    assert abs(params - paper) / paper < 0.04
     assert count_parameters(model.backbone.body) == pytest.approx(37.867312, abs=1e-6)  # facts 3.9: Xception-65
 
 
@@ -60,5 +62,6 @@ def test_complexity_tiny_backbone_report():
     assert "agm" not in r["breakdown_gmacs"] and r["breakdown_gmacs"]["coarse_agm"] > 0  # AGM skipped at eval
     lighter = complexity(image_size=64, ways=3, backbone="mobilenetv3_small_050", embed_dim=32, coarse_at_eval=False)
     assert lighter["gmacs"] < r["gmacs"] and "coarse_agm" not in lighter["breakdown_gmacs"]
-    with pytest.raises(ValueError, match="eopnet"):
-        complexity(method="panet")
+    assert r["paper"] == get_method("eopnet").table5 and r["method"] == "eopnet"
+    with pytest.raises(ValueError, match="unknown method 'nosuchnet'.*eopnet"):
+        complexity(method="nosuchnet")
