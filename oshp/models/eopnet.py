@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
+from oshp.models.episode import BACKGROUND, LOW_LOGIT, EpisodeModel, check_image
 from oshp.models.prototypes import (
     MaskMode,
     PrototypeMemory,
@@ -38,10 +38,6 @@ from oshp.models.prototypes import (
 
 __all__ = ["EOPNetConfig", "EOPNet", "SupportCache", "AGMHead", "NPMHead", "LOW_LOGIT", "TABLE4_ROWS"]
 
-LOW_LOGIT = -1.0e4
-"""Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
-
-BACKGROUND = 0
 
 TABLE4_ROWS: dict[str, dict[str, bool]] = {
     "AGM": dict(use_agm=True, use_npm=False, weight_shifting=False, multi_task=False, contrastive=False),
@@ -282,21 +278,17 @@ class SupportCache:
             human=None if self.human is None else self.human.repeat(n, 1), channels=self.channels)
 
 
-def _is_int(t: torch.Tensor) -> bool:
-    return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
-
-
-class EOPNet(nn.Module):
+class EOPNet(EpisodeModel):
     """EOP-Net for k-way or 1-way one-shot human parsing (see the module docstring and :class:`EOPNetConfig`).
 
     Call ``forward(query, support, support_label, ...)``; ``model.eval()`` gives the inference path (NPM only).
     """
 
     def __init__(self, config: EOPNetConfig | None = None, **overrides: object) -> None:
-        super().__init__()
         cfg = config if config is not None else EOPNetConfig()
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
+        super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,
                                         output_stride=cfg.output_stride)
@@ -314,111 +306,6 @@ class EOPNet(nn.Module):
             self.coarse_agm = AGMHead(d, cfg.agm_trunk)
         else:
             self.coarse_proj = self.coarse_memory = self.coarse_agm = None
-
-    @property
-    def num_outputs(self) -> int:
-        """Channels of the fine logits: ``num_classes`` (k-way) or 2 (1-way: background, the episode's class)."""
-        return self.config.num_classes if self.config.way == "k" else 2
-
-    # ------------------------------------------------------------------------------------------------ validation
-    @staticmethod
-    def _check_image(name: str, img: object) -> None:
-        if not isinstance(img, torch.Tensor) or img.dim() != 4:
-            raise ValueError(f"{name} must be a B x 3 x H x W image tensor, got "
-                             f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
-        if not img.dtype.is_floating_point:
-            raise ValueError(f"{name} must be a floating-point (normalised) image tensor, got dtype {img.dtype}")
-
-    def _check_label(self, name: str, t: torch.Tensor | None, img: torch.Tensor, img_name: str,
-                     binary: bool = False) -> torch.Tensor | None:
-        if t is None:
-            return None
-        if t.dim() == 4 and t.shape[1] == 1:
-            t = t[:, 0]
-        if binary and t.dtype == torch.bool:
-            t = t.to(torch.uint8)
-        if not _is_int(t):
-            raise ValueError(f"{name} must be an integer tensor of class ids (uint8/int64), got dtype {t.dtype}")
-        if t.dim() != 3 or t.shape[0] != img.shape[0] or t.shape[-2:] != img.shape[-2:]:
-            raise ValueError(f"{name} of shape {tuple(t.shape)} does not match {img_name} of shape "
-                             f"{tuple(img.shape)}: expected {(img.shape[0],) + tuple(img.shape[-2:])}")
-        valid = t[t != IGNORE_INDEX]
-        limit = 2 if binary else self.config.num_classes
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= limit):
-            raise ValueError(f"{name} holds ids outside 0..{limit - 1} (and {IGNORE_INDEX} = ignore): "
-                             f"min {int(valid.min())}, max {int(valid.max())}")
-        return t.long()
-
-    @staticmethod
-    def _check_support_foreground(support_label: torch.Tensor) -> None:
-        fg = (support_label != BACKGROUND) & (support_label != IGNORE_INDEX)
-        empty = (~fg.flatten(1).any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(f"support mask has no foreground pixels: annotate at least one class "
-                             f"(support sample(s) {empty} hold only background/ignore)")
-
-    def _check_inputs(
-        self,
-        query: torch.Tensor,
-        support: torch.Tensor,
-        support_label: torch.Tensor,
-        support_human: torch.Tensor | None,
-        query_label: torch.Tensor | None,
-        query_human: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        for name, img in (("query", query), ("support", support)):
-            self._check_image(name, img)
-        if query.shape[0] != support.shape[0]:
-            raise ValueError(f"query batch {query.shape[0]} != support batch {support.shape[0]}; one support per query")
-        if query.shape[1] != support.shape[1]:
-            raise ValueError(f"query has {query.shape[1]} channels and support {support.shape[1]}")
-        support_label = self._check_label("support_label", support_label, support, "support")
-        support_human = self._check_label("support_human", support_human, support, "support", binary=True)
-        query_label = self._check_label("query_label", query_label, query, "query")
-        query_human = self._check_label("query_human", query_human, query, "query", binary=True)
-        self._check_support_foreground(support_label)
-        return support_label, support_human, query_label, query_human
-
-    # ------------------------------------------------------------------------------------------------ helpers
-    def _support_classes(self, support_label: torch.Tensor) -> list[list[int]]:
-        classes = []
-        for b in range(support_label.shape[0]):
-            ids = [i for i in torch.unique(support_label[b]).tolist() if i not in (BACKGROUND, IGNORE_INDEX)]
-            if self.config.way == "1" and len(ids) != 1:
-                raise ValueError(f"1-way episodes need exactly one foreground class in each support mask; support "
-                                 f"sample {b} has ids {ids}")
-            classes.append(ids)
-        return classes
-
-    def _class_weights(self, label: torch.Tensor, classes: list[list[int]], size: tuple[int, int]) -> list[torch.Tensor]:
-        """Per sample, K_b x h x w weights of its classes on the feature grid."""
-        out = []
-        for b, ids in enumerate(classes):
-            ids_t = torch.as_tensor(ids, device=label.device, dtype=label.dtype).view(-1, 1, 1)
-            onehot = label[b].unsqueeze(0) == ids_t
-            out.append(downsample_mask(onehot, size, self.config.mask_downsample))
-        return out
-
-    def _pool(self, feats: torch.Tensor, weights: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        protos, present = [], []
-        for b, w in enumerate(weights):
-            p, m = masked_average_pooling(feats[b:b + 1], w.unsqueeze(0))
-            protos.append(p[0])
-            present.append(m[0])
-        return protos, present
-
-    def _scatter(self, fg: torch.Tensor, bg: torch.Tensor, group: torch.Tensor, channel: torch.Tensor,
-                 fill: torch.Tensor | float) -> torch.Tensor:
-        n, (h, w) = bg.shape[0], bg.shape[-2:]
-        fill_t = torch.as_tensor(fill, dtype=bg.dtype, device=bg.device)
-        out = fill_t.reshape(1, 1, 1, 1).expand(n, self.num_outputs, h, w).clone()
-        out = out.index_put((group, channel), fg)
-        return torch.cat([bg.unsqueeze(1), out[:, 1:]], dim=1)
-
-    def _upsample(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if tuple(x.shape[-2:]) == tuple(size):
-            return x
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.config.align_corners)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(
@@ -455,7 +342,7 @@ class EOPNet(nn.Module):
         To parse many queries with one support, encode it once with :meth:`encode_support` and call
         :meth:`forward_with_support` (eval mode).
         """
-        support_label, support_human, query_label, query_human = self._check_inputs(
+        support_label, support_human, query_label, query_human = self.check_inputs(
             query, support, support_label, support_human, query_label, query_human)
         n = query.shape[0]
         # --- embedding network (siamese, one pass when the shapes allow it)
@@ -479,12 +366,12 @@ class EOPNet(nn.Module):
         if self.training:
             raise RuntimeError("encode_support is for inference: call model.eval() first (a training forward writes "
                                "the prototype memory and needs the query's labels, so it cannot reuse a support)")
-        self._check_image("support", support)
+        check_image("support", support)
         if support_label is None:
             raise ValueError("encode_support needs support_label: the support mask defines the episode's classes")
-        support_label = self._check_label("support_label", support_label, support, "support")
-        support_human = self._check_label("support_human", support_human, support, "support", binary=True)
-        self._check_support_foreground(support_label)
+        support_label = self.check_label("support_label", support_label, support, "support")
+        support_human = self.check_label("support_human", support_human, support, "support", binary=True)
+        self.check_support_foreground(support_label)
         return self._encode_support(self.backbone(support), support_label, support_human, 0, support.shape[1])
 
     def forward_with_support(self, query: torch.Tensor, cache: SupportCache) -> dict[str, object]:
@@ -499,7 +386,7 @@ class EOPNet(nn.Module):
             raise RuntimeError("forward_with_support is for inference: call model.eval() first")
         if not isinstance(cache, SupportCache):
             raise TypeError(f"cache must be a SupportCache from encode_support, not {type(cache).__name__}")
-        self._check_image("query", query)
+        check_image("query", query)
         if query.shape[1] != cache.channels:
             raise ValueError(f"query has {query.shape[1]} channels and support {cache.channels}")
         if cache.prototypes.shape[-1] != self.config.embed_dim:
@@ -532,9 +419,9 @@ class EOPNet(nn.Module):
         size_s = (int(hs.shape[-2]), int(hs.shape[-1]))  # support feature grid (sizes may differ at test time)
 
         # --- episode classes and static support prototypes (eq. 2)
-        classes = self._support_classes(support_label)
-        s_weights = self._class_weights(support_label, classes, size_s)
-        s_protos, s_present = self._pool(hs, s_weights)
+        classes = self.support_classes(support_label)
+        s_weights = self.class_weights(support_label, classes, size_s, cfg.mask_downsample)
+        s_protos, s_present = self.pool(hs, s_weights)
         if cfg.mask_downsample == "nearest":  # classes that vanished on the feature grid leave the episode
             for b in range(len(classes)):
                 keep = s_present[b]
@@ -579,9 +466,7 @@ class EOPNet(nn.Module):
         size = (int(hq.shape[-2]), int(hq.shape[-1]))  # query feature grid
         classes = support.classes
         dev = hq.device
-        group = torch.cat([torch.full((len(ids),), b, dtype=torch.long) for b, ids in enumerate(classes)]).to(dev)
-        class_ids = [c for ids in classes for c in ids]
-        channel = torch.as_tensor(class_ids if cfg.way == "k" else [1] * len(class_ids), dtype=torch.long, device=dev)
+        group, channel = self.episode_index(classes, dev)
 
         # --- cosine maps (eq. 4) against the prototypes in use
         protos = support.prototypes
@@ -599,14 +484,14 @@ class EOPNet(nn.Module):
         if self.npm is not None:
             fg, bg = self.npm(sims_t, group, n)
             fill = LOW_LOGIT if cfg.restrict_to_support else self.npm.absent_logit()
-            out["npm"] = self._upsample(self._scatter(fg, bg, group, channel, fill), size_in)
+            out["npm"] = self.upsample(self.scatter_logits(fg, bg, group, channel, fill), size_in, cfg.align_corners)
         # --- AGM (eqs. 5-7): in training while beta > 0 (or when it is the only head); never at eval unless asked
         run_agm = self.agm is not None and (
             (training and (beta > 0 or self.npm is None)) or (not training and (self.npm is None or cfg.eval_agm)))
         if run_agm:
             fg, bg = self.agm(hq.index_select(0, group), sims_t, group, n)
             fill = LOW_LOGIT if cfg.restrict_to_support else self.agm.absent_logit()
-            out["agm"] = self._upsample(self._scatter(fg, bg, group, channel, fill), size_in)
+            out["agm"] = self.upsample(self.scatter_logits(fg, bg, group, channel, fill), size_in, cfg.align_corners)
 
         # --- coarse space: human vs background, AGM only (beta = 1)
         if self._runs_coarse():
@@ -614,7 +499,7 @@ class EOPNet(nn.Module):
             h_sims = cosine_similarity_maps(h1q, support.human.unsqueeze(1))[:, 0]  # type: ignore[union-attr]
             arange = torch.arange(n, device=dev)
             fg, bg = self.coarse_agm(h1q, h_sims, arange, n)  # type: ignore[misc]
-            out["coarse"] = self._upsample(torch.stack([bg, fg], dim=1), size_in)
+            out["coarse"] = self.upsample(torch.stack([bg, fg], dim=1), size_in, cfg.align_corners)
 
         pred = out["npm"] if "npm" in out else out["agm"]
         if not training and cfg.foreground_screening and "coarse" in out:
@@ -631,15 +516,6 @@ class EOPNet(nn.Module):
         return out
 
     # ------------------------------------------------------------------------------------------------ losses
-    def restrict_query_label(self, query_label: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
-        """Query GT limited to each episode's support classes (k-way: raw ids; 1-way: 0/1). 255 stays 255."""
-        out = torch.zeros_like(query_label)
-        out[query_label == IGNORE_INDEX] = IGNORE_INDEX
-        for b, ids in enumerate(classes):
-            for c in ids:
-                out[b][query_label[b] == c] = c if self.config.way == "k" else 1
-        return out
-
     def _losses(self, out: dict, query_label: torch.Tensor, query_human: torch.Tensor | None,
                 classes: list[list[int]], hq: torch.Tensor, s_protos: list[torch.Tensor],
                 s_present: list[torch.Tensor], beta: float, size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -664,8 +540,8 @@ class EOPNet(nn.Module):
             coarse = cross_entropy(out["coarse"], human_t)
         nca = zero
         if cfg.contrastive and cfg.way == "k":  # 1-way: one class, so eq. 12 is -log 1 = 0
-            q_weights = self._class_weights(target, classes, size)
-            q_protos, q_present = self._pool(hq, q_weights)
+            q_weights = self.class_weights(target, classes, size, cfg.mask_downsample)
+            q_protos, q_present = self.pool(hq, q_weights)
             k = max(len(ids) for ids in classes)
             d = hq.shape[1]
 
@@ -692,15 +568,3 @@ class EOPNet(nn.Module):
             self.fine_memory._touched.zero_()
             if self.coarse_memory is not None:
                 self.coarse_memory._touched.zero_()
-
-    @torch.no_grad()
-    def predict(self, query: torch.Tensor, support: torch.Tensor, support_label: torch.Tensor,
-                support_human: torch.Tensor | None = None) -> torch.Tensor:
-        """Eval-mode label map B x H x W: raw ids (k-way) or 0/1 (1-way). Restores the previous train/eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
-            out = self(query, support, support_label, support_human)
-        finally:
-            self.train(was_training)
-        return out["pred"].argmax(1)  # type: ignore[union-attr]
