@@ -65,6 +65,36 @@ METHODS: dict[str, Method] = {
         settings={"demo": {"model_options": {"embed_dim": 64, "warmup_epochs": 3}},
                   "smoke": {"model_options": {"embed_dim": 32, "warmup_epochs": 1}}},
         table5={"params_m": 42.5, "gmacs": 129.3, "fps": 12.0}),
+    # --- contenders (paper section 6.3), in the settings the paper's tables give them
+    "finetuning": Method(
+        "finetuning", "Fine-Tuning", ("k", "1"), "oshp.models.finetuning:build",
+        "a parser pre-trained on the base classes, its last two conv layers and classifier fine-tuned on the support "
+        "for a few iterations per test pair"),
+    "sgone": Method(
+        "sgone", "SG-One", ("k", "1"), "oshp.models.sgone:build",
+        "similarity guidance network (Zhang et al., TCYB 2020): masked average pooling, cosine guidance; k-way "
+        "through the AGM-like procedure of eq. 6 without the residual"),
+    "panet": Method(
+        "panet", "PANet", ("1",), "oshp.models.panet:build",
+        "prototype alignment network (Wang et al., ICCV 2019): non-parametric prototype matching with the prototype "
+        "alignment regularisation", paper_backbone="vgg16", table5={"params_m": 14.7, "gmacs": 612.6, "fps": 2.3}),
+    "ppnet": Method(
+        "ppnet", "PPNet", ("1",), "oshp.models.ppnet:build",
+        "part-aware prototype network (Liu et al., ECCV 2020) without its semantic branch", paper_backbone="resnet50",
+        table5={"params_m": 24.7, "gmacs": 560.0, "fps": 0.3}),
+    "amp": Method(
+        "amp", "AMP", ("k", "1"), "oshp.models.amp:build",
+        "adaptive masked proxies (Siam et al., ICCV 2019) with multi-resolution weight imprinting",
+        paper_backbone="vgg16"),
+    "pfenet": Method(
+        "pfenet", "PFENet", ("1",), "oshp.models.pfenet:build",
+        "prior guided feature enrichment network (Tian et al., TPAMI 2020): training-free prior mask and the feature "
+        "enrichment module", paper_backbone="resnet50"),
+    "popnet": Method(
+        "popnet", "POPNet", ("k", "1"), "oshp.models.popnet:build",
+        "progressive one-shot human parsing (He et al., AAAI 2021): coarse-to-fine stage networks with knowledge "
+        "infusion, dynamic prototypes, AGM and the nearest-centroid module (second stage dropped, section 6.3)",
+        table5={"params_m": 85.8, "gmacs": 264.4, "fps": 7.8}),
 }
 
 

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeepLabFeatures", "SeparableConvBlock", "ConvBNReLU", "load_checkpoint_file"]
+__all__ = ["DeepLabFeatures", "TimmFeatures", "SeparableConvBlock", "ConvBNReLU", "create_body", "load_checkpoint_file",
+           "load_timm_state"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -90,6 +91,106 @@ def _accepts_output_stride(name: str, output_stride: int) -> bool:
         return False
 
 
+def create_body(name: str, *, pretrained: bool = False, output_stride: int | None = 16,
+                out_indices: tuple[int, ...] | None = None) -> tuple[nn.Module, int | None]:
+    """A timm ``features_only`` model and the output stride it was given (None where it takes none).
+
+    ``pretrained=True`` fetches timm's weights (network access to the Hugging Face hub on first use); a failure says
+    what to do offline. Unknown names get a list of similar timm names.
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm backbone {name!r}; similar names: {close or 'none'} (see timm.list_models())")
+    kwargs: dict = {"features_only": True}
+    if out_indices is not None:
+        kwargs["out_indices"] = tuple(out_indices)
+    used_stride = None
+    if output_stride and _accepts_output_stride(name, output_stride):
+        kwargs["output_stride"] = output_stride
+        used_stride = output_stride
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs), used_stride
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs), used_stride
+    except Exception as err:  # any failure here is a fetch failure: the name and kwargs were checked above
+        raise RuntimeError(
+            f"pretrained weights for backbone {name!r} could not be fetched ({type(err).__name__}: {err}). "
+            "pretrained=True needs network access to the Hugging Face model hub on first use (the weights are "
+            "cached afterwards). Offline, pass a local checkpoint instead (`oshp train --backbone-weights "
+            "/path/to/ckpt.pth`, or weights='/path/to/ckpt.pth' in Python), or train without --pretrained."
+        ) from err
+
+
+def _register_normalisation(module: nn.Module, body: nn.Module) -> None:
+    """Inputs are RGB in [0, 1]; normalise with the statistics the backbone's weights were trained with."""
+    cfg = getattr(body, "pretrained_cfg", None) or {}
+    module.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
+                           persistent=False)
+    module.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
+                           persistent=False)
+
+
+def load_timm_state(body: nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike, name: str) -> None:
+    """Load a timm state dict of backbone ``name`` into a ``features_only`` body (classifier keys ignored)."""
+    target = body.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+    bad_shape: list[str] = []
+    for tk, tv in target.items():
+        head, _, rest = tk.partition(".")
+        alt = head.replace("_", ".", 1) + ("." + rest if rest else "")  # FeatureHookNet flattens 'blocks.0' -> 'blocks_0'
+        src = tk if tk in sd else (alt if alt in sd else None)
+        if src is None:
+            missing.append(tk)
+        elif sd[src].shape != tv.shape:
+            bad_shape.append(f"{tk}: checkpoint {tuple(sd[src].shape)} vs model {tuple(tv.shape)}")
+        else:
+            mapped[tk] = sd[src]
+    if missing or bad_shape:
+        hint = "" if mapped else f" None of its {len(sd)} keys match: is it a checkpoint of {name!r}?"
+        raise ValueError(
+            f"checkpoint {os.fspath(path)!r} does not fit backbone {name!r}: {len(missing)} missing keys "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(bad_shape)} shape mismatches "
+            f"{bad_shape[:3]}.{hint}"
+        )
+    body.load_state_dict(mapped, strict=True)
+
+
+class TimmFeatures(nn.Module):
+    """A timm backbone returning several feature levels, for contenders built on their own networks' features.
+
+    Args:
+        name: timm model name (``features_only`` support), e.g. ``"vgg16"``, ``"resnet50"`` or a small CPU backbone.
+        pretrained, weights: as for :class:`DeepLabFeatures` (a local checkpoint wins; nothing downloaded then).
+        output_stride: passed where the model accepts it (dilated last stages), e.g. 8 for PANet/PFENet-style nets.
+        out_indices: which levels to return (timm's ``out_indices``; default all).
+
+    ``forward`` takes RGB in [0, 1] and returns the list of levels; ``channels`` and ``reductions`` describe them.
+    """
+
+    def __init__(self, name: str, pretrained: bool = False, weights: str | os.PathLike | None = None,
+                 output_stride: int | None = None, out_indices: tuple[int, ...] | None = None) -> None:
+        super().__init__()
+        self.name = name
+        self.body, self.output_stride = create_body(name, pretrained=pretrained and weights is None,
+                                                    output_stride=output_stride, out_indices=out_indices)
+        _register_normalisation(self, self.body)
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.reductions: list[int] = list(self.body.feature_info.reduction())
+        if weights is not None:
+            self.load_weights(weights)
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """A timm state dict of this backbone, or a saved TimmFeatures state dict (keys ``body.*``)."""
+        sd = load_checkpoint_file(path)
+        if any(k.startswith("body.") for k in sd):
+            sd = {k[len("body."):]: v for k, v in sd.items() if k.startswith("body.")}
+        load_timm_state(self.body, sd, path, self.name)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body((x - self.pixel_mean) / self.pixel_std)
+
+
 class DeepLabFeatures(nn.Module):
     """Siamese embedding network: timm backbone + DeepLabV3+ low/high-level fusion -> 256-d stride-4 features.
 
@@ -118,36 +219,12 @@ class DeepLabFeatures(nn.Module):
         out_channels: int = 256,
     ) -> None:
         super().__init__()
-        if not timm.is_model(name):
-            close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-            raise ValueError(f"unknown timm backbone {name!r}; similar names: {close or 'none'} (see timm.list_models())")
         self.name = name
         self.out_channels = out_channels
-        kwargs: dict = {"features_only": True}
-        self.output_stride: int | None = None
-        if output_stride and _accepts_output_stride(name, output_stride):
-            kwargs["output_stride"] = output_stride
-            self.output_stride = output_stride
-        fetch = pretrained and weights is None
-        if fetch:
-            try:
-                body = timm.create_model(name, pretrained=True, **kwargs)
-            except Exception as err:  # any failure here is a fetch failure: the name and kwargs were checked above
-                raise RuntimeError(
-                    f"pretrained weights for backbone {name!r} could not be fetched ({type(err).__name__}: {err}). "
-                    "pretrained=True needs network access to the Hugging Face model hub on first use (the weights are "
-                    "cached afterwards). Offline, pass a local checkpoint instead (`oshp train --backbone-weights "
-                    "/path/to/ckpt.pth`, or weights='/path/to/ckpt.pth' in Python), or train without --pretrained."
-                ) from err
-        else:
-            body = timm.create_model(name, pretrained=False, **kwargs)
+        body, self.output_stride = create_body(name, pretrained=pretrained and weights is None,
+                                               output_stride=output_stride)
         self.body = body
-        # Inputs are RGB in [0, 1]; normalise with the statistics the backbone's weights were trained with.
-        cfg = getattr(body, "pretrained_cfg", None) or {}
-        self.register_buffer("pixel_mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, 3, 1, 1),
-                             persistent=False)
+        _register_normalisation(self, body)
         reductions = list(body.feature_info.reduction())
         channels = list(body.feature_info.channels())
         at4 = [i for i, r in enumerate(reductions) if r == 4]
@@ -178,28 +255,7 @@ class DeepLabFeatures(nn.Module):
         if any(k.startswith("body.") for k in sd):
             self._strict_load(self, sd, path)
             return
-        target = self.body.state_dict()
-        mapped: dict[str, torch.Tensor] = {}
-        missing: list[str] = []
-        bad_shape: list[str] = []
-        for tk, tv in target.items():
-            head, _, rest = tk.partition(".")
-            alt = head.replace("_", ".", 1) + ("." + rest if rest else "")  # FeatureHookNet flattens 'blocks.0' -> 'blocks_0'
-            src = tk if tk in sd else (alt if alt in sd else None)
-            if src is None:
-                missing.append(tk)
-            elif sd[src].shape != tv.shape:
-                bad_shape.append(f"{tk}: checkpoint {tuple(sd[src].shape)} vs model {tuple(tv.shape)}")
-            else:
-                mapped[tk] = sd[src]
-        if missing or bad_shape:
-            hint = "" if mapped else f" None of its {len(sd)} keys match: is it a checkpoint of {self.name!r}?"
-            raise ValueError(
-                f"checkpoint {os.fspath(path)!r} does not fit backbone {self.name!r}: {len(missing)} missing keys "
-                f"{missing[:5]}{'...' if len(missing) > 5 else ''}, {len(bad_shape)} shape mismatches "
-                f"{bad_shape[:3]}.{hint}"
-            )
-        self.body.load_state_dict(mapped, strict=True)
+        load_timm_state(self.body, sd, path, self.name)
 
     @staticmethod
     def _strict_load(module: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
