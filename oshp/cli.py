@@ -167,13 +167,17 @@ def _add_train(sub) -> None:
     for name, kind, help_text in (
         ("epochs", int, "training epochs"), ("batch-size", int, "episodes per step"), ("lr", float, "initial LR"),
         ("image-size", int, "training crop side"), ("pairs-per-epoch", int, "cap on episodes per epoch"),
-        ("backbone", str, "timm backbone name"), ("backbone-weights", str, "local checkpoint for the backbone"),
+        ("backbone", str, "timm backbone name"),
+        ("backbone-weights", str, "local checkpoint for the backbone, or 'synthetic' for the shipped "
+                                  "synthetic-pretrained one (oshp pretrain)"),
         ("seed", int, "random seed"), ("workers", int, "data-loader processes"), ("device", str, "auto, cpu, cuda"),
         ("lr-schedule", str, "poly (paper) or release"), ("optimizer", str, "sgd (paper) or adamw"),
         ("weight-decay", float, "weight decay"), ("val-pairs-per-class", int, "held-out episodes per class"),
     ):
         p.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text} (default: the profile's)")
     p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's pretrained weights")
+    p.add_argument("--label-novel", action="store_true", default=None, help="the oracle bound, not one-shot: keep "
+                   "the novel classes labelled in meta-training")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. warmup_epochs=25, ablation=NPM, release_compat=true, dynamic_prototypes=false")
     p.set_defaults(func=_run_train)
@@ -199,7 +203,8 @@ def _run_train(args) -> int:
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
                                                 "backbone", "backbone_weights", "seed", "workers", "device",
-                                                "lr_schedule", "optimizer", "weight_decay", "val_pairs_per_class", "pretrained")}
+                                                "lr_schedule", "optimizer", "weight_decay", "val_pairs_per_class", "pretrained",
+                                                "label_novel")}
     cfg = make_config(args.profile, data_root=str(args.data_root), dataset=args.dataset, fold=args.fold, way=args.way,
                       method=args.method, model_options=dict(_parse_option(o) for o in args.option), **overrides)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -207,6 +212,44 @@ def _run_train(args) -> int:
     print(f"trained {cfg.method} ({cfg.profile}) fold {cfg.fold} {cfg.way}-way for {cfg.epochs} epochs in "
           f"{summary['wall_time_s']:.0f} s on {summary['device']}; last loss {last.get('loss', float('nan')):.3f} "
           f"-> {args.out}")
+    return 0
+
+
+def _add_pretrain(sub) -> None:
+    from .pretrain import PretrainConfig
+
+    d = PretrainConfig()
+    p = sub.add_parser(
+        "pretrain", help="pretrain a backbone on synthetic creatures (the stand-in for ImageNet/COCO pretraining)",
+        description="Train the embedding network (timm backbone + DeepLabV3+-style fusion) on one-shot episodes of "
+                    "procedurally generated part-based creatures: random species, colours and poses, nothing human. "
+                    "This stands in for the paper's COCO-pretrained backbone, which cannot be downloaded here. Writes "
+                    "OUT/backbone.pt (load it with `oshp train --backbone-weights OUT/backbone.pt`), OUT/pretrain.json "
+                    "and OUT/checkpoint.pt (for --resume).")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--backbone", default=d.backbone, help="timm backbone (default: %(default)s, the demo's)")
+    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="episodes per step (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="episode image side (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate, poly decay (default: %(default)s)")
+    p.add_argument("--embed-dim", type=int, default=d.embed_dim, help="metric space width (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--workers", type=int, default=d.workers, help="episode-drawing processes (default: %(default)s)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(func=_run_pretrain)
+
+
+def _run_pretrain(args) -> int:
+    from .pretrain import BACKBONE_FILE, PretrainConfig, pretrain
+
+    cfg = PretrainConfig(backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
+                         image_size=args.image_size, lr=args.lr, embed_dim=args.embed_dim, seed=args.seed,
+                         workers=args.workers, device=args.device)
+    summary = pretrain(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    last = summary["history"][-1]["loss"] if summary["history"] else float("nan")
+    print(f"pretrained {cfg.backbone} for {summary['steps']} steps in {summary['wall_time_s']:.0f} s on "
+          f"{summary['device']}; last loss {last:.3f} -> {args.out / BACKBONE_FILE} (sha256 {summary['sha256'][:12]}...)")
     return 0
 
 
@@ -220,6 +263,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="dataset root (default: the run's)")
     p.add_argument("--pairs", type=Path, default=None, help="pairs JSON from `oshp pairs` (default: the rule)")
     p.add_argument("--max-pairs", type=int, default=None, help="evaluate at most this many pairs, spread over classes")
+    p.add_argument("--suppress-novel", action="store_true", help="the lower bound: predict background wherever the "
+                   "model predicts a novel class (writes RUN/metrics_suppress_novel.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_evaluate)
 
@@ -229,8 +274,9 @@ def _run_evaluate(args) -> int:
     from .metrics import format_metrics_table
 
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
-                          device=args.device, progress=not args.quiet)
-    print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / 'metrics.json'}")
+                          device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel)
+    name = "metrics_suppress_novel.json" if args.suppress_novel else "metrics.json"
+    print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / name}")
     print(format_metrics_table(result))
     return 0
 
@@ -379,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
-    for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_train, _add_evaluate,
+    for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_pretrain, _add_train, _add_evaluate,
                 _add_parse, _add_complexity, _add_benchmark):
         add(sub)
     return parser

@@ -46,13 +46,18 @@ def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.
 
 @torch.no_grad()
 def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: DatasetSpec, fold: int, way: str,
-                      device: torch.device, *, progress: bool = True, fast: bool = False) -> dict:
+                      device: torch.device, *, progress: bool = True, fast: bool = False,
+                      suppress_novel: bool = False) -> dict:
     """Run a model over meta-test episodes (batch 1, native resolution) and compute the paper's metrics.
 
     k-way: one confusion matrix over raw ids pooled over all pairs (:func:`kway_metrics`). 1-way: the
     release's per-class 2x2 matrices and Binary-IoU (:func:`oneway_metrics`); the mean base and novel class
     accuracies come from the pooled raw-id matrix of the same predictions.
+
+    ``suppress_novel=True`` is the lower bound of the testing bias: the same model, with background predicted
+    wherever it would predict a novel class (novel mIoU 0; base and human mIoU show what that costs).
     """
+    novel = list(spec.novel_ids(fold))
     model.eval()
     conf = ConfusionMatrix(spec.num_raw_classes)
     meter = OneWayMeter(spec) if way == "1" else None
@@ -67,7 +72,10 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             out = model(batch["query_image"], batch["support_image"], batch["support_label"],
                         support_human=batch["support_human"])
-        pred = out["pred"].float().argmax(1)
+        logits = out["pred"].float()
+        if suppress_novel:
+            logits = _suppress_novel(logits, novel, int(batch["class_id"][0]) if way == "1" else None)
+        pred = logits.argmax(1)
         target = batch["query_label"]
         if meter is not None:
             c = int(batch["class_id"][0])
@@ -84,6 +92,17 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
     metrics["mean_base_acc"] = mean(spec.base_foreground_ids(fold))
     metrics["mean_novel_acc"] = mean(spec.novel_ids(fold))
     return metrics
+
+
+def _suppress_novel(logits: torch.Tensor, novel: list[int], class_id: int | None) -> torch.Tensor:
+    """Logits with novel classes never winning (k-way: their channels; 1-way: the foreground of a novel episode)."""
+    logits = logits.clone()
+    low = torch.finfo(logits.dtype).min
+    if class_id is None:
+        logits[:, [c for c in novel if c < logits.shape[1]]] = low
+    elif class_id in novel:
+        logits[:, 1:] = low
+    return logits
 
 
 def background_baseline(ds: ReleaseLayoutDataset, pairs: list[dict], fold: int, way: str) -> dict:
@@ -121,8 +140,13 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
 
 
 def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
-                 max_pairs: int | None = None, device: str = "auto", progress: bool = True) -> dict:
-    """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json."""
+                 max_pairs: int | None = None, device: str = "auto", progress: bool = True,
+                 suppress_novel: bool = False, out: str | Path | None = None) -> dict:
+    """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``).
+
+    ``suppress_novel``: the lower bound (background wherever a novel class would be predicted), see
+    :func:`evaluate_episodes`; it is written to RUN/metrics_suppress_novel.json unless ``out`` says otherwise.
+    """
     run = Path(run)
     cfg, model, dev, ckpt = load_run_model(run, device=device)
     ds = ReleaseLayoutDataset.open(data_root or cfg.data_root, cfg.dataset)
@@ -132,7 +156,7 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     episodes = MetaTestEpisodes(ds, pair_list, way=cfg.way)
     started = time.time()
     metrics = evaluate_episodes(model, episodes, ds.spec, cfg.fold, cfg.way, dev, progress=progress,
-                                fast=cfg.amp and dev.type == "cuda")
+                                fast=cfg.amp and dev.type == "cuda", suppress_novel=suppress_novel)
     result = {
         **{k: metrics.get(k) for k in ("novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc",
                                        "mean_novel_acc", "binary_miou") if k in metrics},
@@ -142,9 +166,10 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "num_pairs": len(pair_list), "pairs": str(pairs) if pairs else "default meta-test pairs (oshp pairs)",
         "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
         "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
-        "units": "percent",
+        "units": "percent", "suppress_novel": suppress_novel,
     }
-    atomic_write_json(result, run / METRICS)
+    target = Path(out) if out else run / (METRICS if not suppress_novel else "metrics_suppress_novel.json")
+    atomic_write_json(result, target)
     return result
 
 

@@ -81,6 +81,7 @@ METHODS: dict[str, Method] = {
     "ppnet": Method(
         "ppnet", "PPNet", ("1",), "oshp.models.ppnet:build",
         "part-aware prototype network (Liu et al., ECCV 2020) without its semantic branch", paper_backbone="resnet50",
+        settings={"demo": {"model_options": {"output_stride": 16}}, "smoke": {"model_options": {"output_stride": 16}}},
         table5={"params_m": 24.7, "gmacs": 560.0, "fps": 0.3}),
     "amp": Method(
         "amp", "AMP", ("k", "1"), "oshp.models.amp:build",
@@ -89,7 +90,9 @@ METHODS: dict[str, Method] = {
     "pfenet": Method(
         "pfenet", "PFENet", ("1",), "oshp.models.pfenet:build",
         "prior guided feature enrichment network (Tian et al., TPAMI 2020): training-free prior mask and the feature "
-        "enrichment module", paper_backbone="resnet50"),
+        "enrichment module", paper_backbone="resnet50",
+        settings={"paper": {"lr": 2.5e-3, "weight_decay": 1e-4, "model_options": {"eval_size": 512}},
+                  "demo": {"model_options": {"reduce_dim": 64}}, "smoke": {"model_options": {"reduce_dim": 16}}}),
     "popnet": Method(
         "popnet", "POPNet", ("k", "1"), "oshp.models.popnet:build",
         "progressive one-shot human parsing (He et al., AAAI 2021): coarse-to-fine stage networks with knowledge "
@@ -124,7 +127,10 @@ def method_settings(method: str, profile: str) -> dict[str, Any]:
 
 def build_model(method: str, *, num_classes: int, way: str, backbone: str, pretrained: bool = False,
                 backbone_weights: str | None = None, **model_options) -> nn.Module:
+    from .pretrain import resolve_backbone_weights
+
     m = get_method(method)
+    backbone_weights = resolve_backbone_weights(backbone_weights, backbone)
     if way not in m.ways:
         raise ValueError(f"{m.display} is evaluated {' and '.join(w + '-way' for w in m.ways)} in the paper, "
                          f"not {way}-way")

@@ -73,6 +73,10 @@ class TrainConfig:
     release_pools: bool = False
     """The release's 7,500-image meta-train query pool for LIP and CIHP too (paper: 14,000)."""
     augment: bool = True
+    label_novel: bool = False
+    """The oracle bound (not one-shot): novel classes stay labelled in meta-training."""
+    pseudo_class_prob: float = 0.0
+    """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.pseudo)."""
     val_pairs_per_class: int = 10
     """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
     workers: int = 0
@@ -242,7 +246,8 @@ class Trainer:
         get_method(cfg.method)
         self.episodes = MetaTrainEpisodes(
             self.ds, cfg.fold, way=cfg.way, size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
-            fixed_supports=cfg.fixed_supports, pairs_per_class=cfg.one_way_pairs_per_class)
+            fixed_supports=cfg.fixed_supports, pairs_per_class=cfg.one_way_pairs_per_class,
+            label_novel=cfg.label_novel, pseudo_class_prob=cfg.pseudo_class_prob)
         seed_everything(cfg.seed)
         self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
         if self.fast:

@@ -147,14 +147,24 @@ class MetaTrainEpisodes(_EpisodeDataset):
     the query pool that contain c, each with a support that contains c (``one_way_selection="first"``
     takes the first ones in list order as the release does, "random" samples them per epoch).
     Pairings depend only on (seed, epoch): call :meth:`set_epoch` at the start of every epoch.
+
+    ``label_novel=True`` is the oracle, not one-shot: novel classes keep their labels in training (and 1-way trains
+    on them too), the upper bound that shows what the testing bias costs. ``pseudo_class_prob`` pastes a random
+    pseudo class into both images of that share of k-way episodes (:mod:`oshp.data.pseudo`).
     """
 
     def __init__(self, ds: ReleaseLayoutDataset, fold: int, *, way: str = "k", size: int = 512,
                  augment: bool = True, seed: int = 0, fixed_supports: bool = False,
                  pairs_per_class: int = 1500, one_way_selection: str = "random",
-                 independent_scale_axes: bool = False, pad_label: int = 255, human_source: str = "oshp") -> None:
+                 independent_scale_axes: bool = False, pad_label: int = 255, human_source: str = "oshp",
+                 label_novel: bool = False, pseudo_class_prob: float = 0.0) -> None:
         self.ds, self.fold, self.way = ds, fold, check_way(way)
-        self.keep = ds.spec.base_ids(fold)
+        self.label_novel = label_novel
+        self.pseudo_class_prob = pseudo_class_prob
+        if pseudo_class_prob > 0 and (self.way != "k" or label_novel):
+            raise ValueError("pseudo classes are for k-way one-shot training (they borrow a novel class's label slot): "
+                             "use pseudo_class_prob=0 with 1-way or label_novel")
+        self.keep = ds.spec.oshp_ids if label_novel else ds.spec.base_ids(fold)
         self.size, self.seed, self.fixed_supports = size, seed, fixed_supports
         self.pairs_per_class, self.one_way_selection = pairs_per_class, one_way_selection
         if one_way_selection not in ("random", "first"):
@@ -178,7 +188,9 @@ class MetaTrainEpisodes(_EpisodeDataset):
             return
         ids = self.ds.ids("train")
         refs = []
-        for c in self.ds.spec.base_foreground_ids(self.fold):
+        trained = ([c for c in self.ds.spec.oshp_ids if c != BACKGROUND] if self.label_novel
+                   else self.ds.spec.base_foreground_ids(self.fold))
+        for c in trained:
             queries = list(self.index.query.get(c, ()))
             supports = self.index.support.get(c, ())
             if not queries or not supports:
@@ -202,6 +214,11 @@ class MetaTrainEpisodes(_EpisodeDataset):
         for _ in range(MAX_SUPPORT_TRIES):
             episode = self._episode(ref)
             if episode["support_classes"].any():
+                if self.pseudo_class_prob > 0 and rng.random() < self.pseudo_class_prob:
+                    from .pseudo import paste_pseudo_class
+
+                    novel = self.ds.spec.novel_ids(self.fold)
+                    paste_pseudo_class(episode, rng, int(novel[int(rng.integers(len(novel)))]))
                 return episode
             ref = dataclasses.replace(ref, support=self._other_support(ref, rng))
         raise DatasetError(f"{self.ds.root}: no support with a visible "

@@ -676,8 +676,11 @@ class _Person:
 
 
 # ============================================================================ background
-def _background(rng: np.random.Generator, cv: _Canvas) -> None:
-    """A room or street-like scene: base colour, optional floor, clutter, clothing-coloured distractors."""
+def _background(rng: np.random.Generator, cv: _Canvas, clothing_distractors: bool = True) -> None:
+    """A room or street-like scene: base colour, optional floor, clutter, clothing-coloured distractors.
+
+    ``clothing_distractors=False`` keeps every clutter shape generic (the pretraining images hold nothing human).
+    """
     size = cv.size
     u = size / 10
     base = _hsv(rng, (0, 1), (0, 0.35), (0.3, 0.92))
@@ -695,7 +698,7 @@ def _background(rng: np.random.Generator, cv: _Canvas) -> None:
         cv.paint(mask, floor, None, None, 1)
     for _ in range(rng.integers(6, 19)):
         distractor = rng.random() < 0.3
-        if distractor:
+        if distractor and clothing_distractors:
             mat = _CLOTHING_FAMILIES[rng.integers(len(_CLOTHING_FAMILIES))](rng, u)
         else:
             rgb = np.clip(base + rng.normal(0, 45, 3), 0, 255).astype(np.float32) if rng.random() < 0.6 else \
@@ -768,13 +771,19 @@ def render_person_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray
         _Person(rng, cv, cx, top, h).render()
     if rng.random() < 0.1:
         _occluder(rng, cv)
+    return finish_image(rng, cv), cv.label
+
+
+def finish_image(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
+    """The painted canvas as a photo-like uint8 RGB image: slight blur, low-frequency lighting, sensor noise."""
+    size = cv.size
     img = Image.fromarray(np.clip(cv.image, 0, 255).astype(np.uint8))
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.7) * size / 192))
     # low-frequency lighting and sensor noise
     light = Image.fromarray(rng.uniform(0, 255, (4, 4)).astype(np.uint8)).resize((size, size), Image.BILINEAR)
     gain = 1 + rng.uniform(0.05, 0.25) * (np.asarray(light, np.float32) / 127.5 - 1)
     out = np.asarray(img, np.float32) * gain[..., None] + rng.uniform(1, 4) * cv.noise[::-1, :, None]
-    return np.clip(out, 0, 255).astype(np.uint8), cv.label
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 # ============================================================================ dataset

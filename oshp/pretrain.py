@@ -1,0 +1,170 @@
+"""Synthetic pretraining: the stand-in for the paper's COCO-pretrained backbone (``oshp pretrain``).
+
+The paper starts EOP-Net from a COCO-pretrained DeepLab; no pretrained weights can be downloaded here, and a backbone
+trained from scratch in minutes on the human data learns to call every novel class background (the testing bias in
+its purest form; ``../shared/reference/synthetic-calibration.md``). ``oshp pretrain`` instead trains the embedding
+network (timm backbone + DeepLabV3+-style fusion, :class:`oshp.models.backbone.DeepLabFeatures`) on one-shot episodes
+of procedurally generated part-based creatures (:mod:`oshp.data.creatures`): random species, random colours, random
+poses, no human classes. The model is EOP-Net's nearest-prototype path (cosine maps against masked-average
+prototypes, the NPM head) with the prototype contrastive loss; dynamic prototypes are off because class slots mean
+nothing across episodes. Only the embedding network is kept: ``oshp train --backbone-weights FILE`` loads it.
+
+A pretraining folder holds ``backbone.pt`` (the embedding network's state dict with its settings), ``pretrain.json``
+(settings, versions, wall time and the loss log) and ``checkpoint.pt`` (model and optimiser, for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data.creatures import CreatureEpisodes
+from .data.episodes import collate_episodes
+from .training import (
+    atomic_save, atomic_write_json, device_name, poly_lr, resolve_device, seed_everything, versions,
+)
+
+BACKBONE_FILE = "backbone.pt"
+BACKBONE_FORMAT = "oshp-backbone-1"
+SHIPPED_DIR = Path(__file__).parent / "weights"
+SHIPPED = {"mobilenetv3_small_100": "synthetic_mobilenetv3_small_100.pt"}
+"""Backbones with a synthetic-pretrained checkpoint shipped in the package (``--backbone-weights synthetic``)."""
+
+
+@dataclass
+class PretrainConfig:
+    backbone: str = "mobilenetv3_small_100"
+    image_size: int = 128
+    steps: int = 1500
+    batch_size: int = 8
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    embed_dim: int = 64
+    num_classes: int = 18
+    """Class slots of the pretraining episodes (parts get random slots; the number only bounds the parts per episode)."""
+    keep_prob: float = 0.8
+    distractor_prob: float = 0.5
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 250
+
+
+def _model(cfg: PretrainConfig) -> torch.nn.Module:
+    from .models.eopnet import EOPNet, EOPNetConfig
+
+    return EOPNet(EOPNetConfig(num_classes=cfg.num_classes, way="k", backbone=cfg.backbone, embed_dim=cfg.embed_dim,
+                               use_agm=False, use_npm=True, weight_shifting=False, multi_task=False, contrastive=True,
+                               dynamic_prototypes=False))
+
+
+def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Pretrain the embedding network on creature episodes; writes OUT/backbone.pt and OUT/pretrain.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = _model(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, history = 0, []
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ckpt.get("config") != dataclasses.asdict(cfg):
+            raise ValueError(f"{ckpt_path} was written with other settings ({ckpt.get('config')}); resume with them")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start, history = ckpt["step"], ckpt["history"]
+    episodes = CreatureEpisodes(cfg.steps * cfg.batch_size, seed=cfg.seed, size=cfg.image_size,
+                                num_classes=cfg.num_classes, keep_prob=cfg.keep_prob,
+                                distractor_prob=cfg.distractor_prob)
+    indices = range(start * cfg.batch_size, cfg.steps * cfg.batch_size)
+    loader = DataLoader(torch.utils.data.Subset(episodes, indices), batch_size=cfg.batch_size, shuffle=False,
+                        num_workers=cfg.workers, collate_fn=collate_episodes, drop_last=True,
+                        pin_memory=device.type == "cuda")
+    iterator = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc="pretraining", unit="step", initial=start, total=cfg.steps)
+    model.train()
+    started = time.time()
+    window: list[float] = []
+    step = start
+    for step, batch in enumerate(iterator, start=start + 1):
+        lr = poly_lr(cfg.lr, step - 1, cfg.steps, 0.9)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            res = model(batch["query_image"], batch["support_image"], batch["support_label"],
+                        query_label=batch["query_label"], epoch=0, max_epoch=1)
+        loss = res["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the pretraining loss became {loss.item()} at step {step}; lower --lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        window.append(float(loss.detach()))
+        if progress:
+            iterator.set_postfix(loss=f"{window[-1]:.3f}")
+        if step % 50 == 0 or step == cfg.steps:
+            history.append({"step": step, "lr": lr, "loss": sum(window) / len(window),
+                            "elapsed_s": round(time.time() - started, 1)})
+            window = []
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                         "history": history, "config": dataclasses.asdict(cfg)}, ckpt_path)
+    save_backbone(model.backbone, out / BACKBONE_FILE, cfg)
+    summary = {"config": dataclasses.asdict(cfg), "steps": step, "wall_time_s": round(time.time() - started, 1),
+               "device": device_name(device), "versions": versions(), "history": history,
+               "backbone_file": BACKBONE_FILE, "sha256": sha256(out / BACKBONE_FILE)}
+    atomic_write_json(summary, out / "pretrain.json")
+    return summary
+
+
+def save_backbone(backbone: torch.nn.Module, path: Path, cfg: PretrainConfig) -> None:
+    """The embedding network's weights (fp32 state dict) with the settings that made them."""
+    state = {k: v.detach().float().cpu().contiguous() if v.is_floating_point() else v.cpu()
+             for k, v in backbone.state_dict().items()}
+    atomic_save({"format": BACKBONE_FORMAT, "backbone": cfg.backbone, "config": dataclasses.asdict(cfg),
+                 "state_dict": state}, path)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def shipped_backbone(backbone: str) -> Path:
+    """The shipped synthetic-pretrained checkpoint of ``backbone``; a clear error where none ships."""
+    if backbone not in SHIPPED:
+        raise ValueError(f"no synthetic-pretrained checkpoint ships for backbone {backbone!r} (only for "
+                         f"{', '.join(SHIPPED)}); make one with `oshp pretrain --backbone {backbone} --out DIR` and "
+                         f"pass --backbone-weights DIR/{BACKBONE_FILE}")
+    path = SHIPPED_DIR / SHIPPED[backbone]
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped checkpoint {path} is missing from this installation; regenerate it with "
+                                f"the command in {SHIPPED_DIR / 'README.md'}")
+    return path
+
+
+def resolve_backbone_weights(value: str | None, backbone: str) -> str | None:
+    """``"synthetic"`` names the shipped checkpoint of ``backbone``; ``"none"`` (or empty) means random initial
+    weights (to override a profile's default); anything else is a path."""
+    if value is None or value.strip().lower() in ("", "none"):
+        return None
+    if value == "synthetic":
+        return str(shipped_backbone(backbone))
+    return value
+
+
+def read_pretrain_summary(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / "pretrain.json").read_text())
