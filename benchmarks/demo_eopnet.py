@@ -20,14 +20,10 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from oshp.data.episodes import MetaTestEpisodes
 from oshp.data.layout import ReleaseLayoutDataset
-from oshp.evaluation import background_baseline, default_test_pairs, evaluate_run, load_run_model
-from oshp.inference import output_labels
-from oshp.plotting import plot_parses
+from oshp.evaluation import background_baseline, default_test_pairs, evaluate_run, novel_parse_figure
 from oshp.training import device_name, make_config, resolve_device, train
 
 
@@ -45,28 +41,6 @@ def run_one(args, way: str, fold: int) -> dict:
             "epochs": summary["epochs"], **{k: metrics.get(k) for k in (
                 "novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc", "mean_novel_acc",
                 "binary_miou", "per_class_iou")}}
-
-
-def novel_parse_figure(run: Path, ds: ReleaseLayoutDataset, out: Path) -> Path:
-    """One parse per novel class of the run's fold, from the first meta-test pair drawn for that class."""
-    cfg, model, device, _ = load_run_model(run)
-    pairs = default_test_pairs(ds)
-    chosen = [next(p for p in pairs if p["class_id"] == c) for c in ds.spec.novel_ids(cfg.fold)]
-    episodes = MetaTestEpisodes(ds, chosen, way=cfg.way)
-    rows = []
-    for i, pair in enumerate(chosen):
-        ep = episodes[i]
-        with torch.no_grad():
-            outputs = model(ep["query_image"][None].to(device), ep["support_image"][None].to(device),
-                            ep["support_label"][None].to(device), support_human=ep["support_human"][None].to(device))
-        to_img = lambda t: (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
-        support_mask = ep["support_label"].numpy().astype(np.uint8)
-        rows.append({"support": to_img(ep["support_image"]), "support_mask": support_mask,
-                     "query": to_img(ep["query_image"]), "pred": output_labels(model, outputs, support_mask),
-                     "target": ep["query_label"].numpy(),
-                     "caption": f"novel: {ds.spec.class_name(pair['class_id'])}"})
-    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
-                                                 f"novel classes parsed from one support")
 
 
 def fmt(x) -> str:

@@ -194,3 +194,28 @@ def read_metrics(run: str | Path) -> dict:
     if not path.is_file():
         raise DatasetError(f"no {METRICS} in {run}; run `oshp evaluate --run {run}` first")
     return json.loads(path.read_text())
+
+
+def novel_parse_figure(run: str | Path, ds: ReleaseLayoutDataset, out: str | Path, pair_index: int = 0) -> Path:
+    """One parse per novel class of the run's fold, from meta-test pair ``pair_index`` of that class (PNG ``out``)."""
+    from .inference import output_labels
+    from .plotting import plot_parses
+
+    cfg, model, device, _ = load_run_model(run)
+    pairs = default_test_pairs(ds)
+    chosen = [[p for p in pairs if p["class_id"] == c][pair_index] for c in ds.spec.novel_ids(cfg.fold)]
+    episodes = MetaTestEpisodes(ds, chosen, way=cfg.way)
+    rows = []
+    for i, pair in enumerate(chosen):
+        ep = episodes[i]
+        with torch.no_grad():
+            outputs = model(ep["query_image"][None].to(device), ep["support_image"][None].to(device),
+                            ep["support_label"][None].to(device), support_human=ep["support_human"][None].to(device))
+        to_img = lambda t: (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
+        support_mask = ep["support_label"].numpy().astype(np.uint8)
+        rows.append({"support": to_img(ep["support_image"]), "support_mask": support_mask,
+                     "query": to_img(ep["query_image"]), "pred": output_labels(model, outputs, support_mask),
+                     "target": ep["query_label"].numpy(),
+                     "caption": f"novel: {ds.spec.class_name(pair['class_id'])}"})
+    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
+                                                 f"novel classes parsed from one support")

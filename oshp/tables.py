@@ -1,0 +1,137 @@
+"""Tables built from result JSON, beside the paper's numbers (Tables 1-5), in Markdown, CSV and LaTeX.
+
+The paper's numbers ship as package data (``oshp/reference/paper_results.json``, copied from the project's reference
+file with its noted discrepancies): :func:`paper_results`. Our numbers come from run results (``metrics.json``
+written by ``oshp evaluate``), so a table is always rebuilt from data, never typed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from .methods import METHODS, get_method
+
+__all__ = ["paper_results", "paper_dataset_name", "main_table", "to_markdown", "to_csv", "to_latex", "write_table"]
+
+REFERENCE = Path(__file__).parent / "reference" / "paper_results.json"
+COLUMNS = {"k": ("novel_miou", "human_miou", "overall_acc"), "1": ("novel_miou", "human_miou", "binary_miou")}
+LABELS = {"novel_miou": "novel mIoU", "human_miou": "human mIoU", "overall_acc": "overall acc",
+          "binary_miou": "Bi-mIoU", "base_miou": "base mIoU"}
+
+
+@lru_cache(maxsize=1)
+def paper_results() -> dict:
+    """The paper's reported numbers (Tables 1-5, section 6.6) and its noted discrepancies."""
+    return json.loads(REFERENCE.read_text())
+
+
+def paper_dataset_name(dataset: str) -> str:
+    """``atr`` -> ``ATR-OS`` (the paper's table names); the synthetic data uses ATR's vocabulary and tables."""
+    key = dataset.lower().replace("-os", "")
+    names = {"atr": "ATR-OS", "lip": "LIP-OS", "cihp": "CIHP-OS", "synthetic": "ATR-OS"}
+    if key not in names:
+        raise ValueError(f"unknown dataset {dataset!r}; the paper's tables cover atr, lip and cihp")
+    return names[key]
+
+
+def _paper_cell(entry: dict | None, metric: str, fold: str) -> float | None:
+    if not entry or metric not in entry:
+        return None
+    value = entry[metric]
+    if isinstance(value, dict):
+        return value.get(fold)
+    return value if fold == "ave" else None  # overall acc and Bi-mIoU are printed once, for the average
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def main_table(results: Sequence[dict], dataset: str = "atr", way: str = "k",
+               methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per method: our fold 1, fold 2 and average of each column of Tables 1-3, and the paper's.
+
+    ``results`` are metrics.json dicts (keys ``method``, ``fold``, ``way`` and the metrics, in percent); several
+    results of one method and fold (seeds) are averaged. Methods are listed in the paper's order for that way.
+    """
+    name = paper_dataset_name(dataset)
+    paper = paper_results()["main"][name]["kway" if way == "k" else "oneway"]
+    if methods is None:
+        displays = list(paper)
+        methods = [m for d in displays for m in METHODS if METHODS[m].display == d]
+    rows = []
+    for method in methods:
+        m = get_method(method)
+        mine = [r for r in results if get_method(r["method"]).name == m.name and r["way"] == way]
+        row: dict[str, Any] = {"method": m.display}
+        for metric in COLUMNS[way]:
+            per_fold = {f: _mean(r.get(metric) for r in mine if r["fold"] == f) for f in (1, 2)}
+            row[f"{metric}_fold1"], row[f"{metric}_fold2"] = per_fold[1], per_fold[2]
+            row[f"{metric}_ave"] = _mean(per_fold.values()) if None not in per_fold.values() else None
+            for fold in ("fold1", "fold2", "ave"):
+                row[f"paper_{metric}_{fold}"] = _paper_cell(paper.get(m.display), metric, fold)
+        row["runs"] = len(mine)
+        rows.append(row)
+    return rows
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _headers(columns: Sequence[str]) -> list[str]:
+    return [LABELS.get(c, c) if c in LABELS else c.replace("_", " ") for c in columns]
+
+
+def to_markdown(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None,
+                digits: int = 1) -> str:
+    headers = list(headers) if headers else _headers(columns)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_fmt(r.get(c), digits) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        writer.writerow(["" if r.get(c) is None else (round(r[c], 4) if isinstance(r[c], float) else r[c])
+                         for c in columns])
+    return buf.getvalue()
+
+
+def to_latex(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None,
+             digits: int = 1) -> str:
+    headers = list(headers) if headers else _headers(columns)
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
+    lines = [r"\begin{tabular}{l" + "r" * (len(columns) - 1) + "}", r"\toprule",
+             " & ".join(esc(h) for h in headers) + r" \\", r"\midrule"]
+    lines += [" & ".join(esc(_fmt(r.get(c), digits)) for c in columns) + r" \\" for r in rows]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows: Sequence[dict], columns: Sequence[str], stem: str | Path,
+                headers: Sequence[str] | None = None) -> list[Path]:
+    """``stem``.md, .csv and .tex; returns their paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for suffix, text in ((".md", to_markdown(rows, columns, headers)), (".csv", to_csv(rows, columns)),
+                         (".tex", to_latex(rows, columns, headers))):
+        path = stem.with_suffix(suffix)
+        path.write_text(text)
+        out.append(path)
+    return out

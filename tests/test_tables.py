@@ -1,0 +1,47 @@
+"""Tables from result JSON beside the paper's numbers (oshp.tables)."""
+
+import pytest
+
+from oshp.tables import main_table, paper_dataset_name, paper_results, to_csv, to_latex, to_markdown, write_table
+
+
+def _r(method, fold, way, **metrics):
+    return {"method": method, "fold": fold, "way": way, **metrics}
+
+
+def test_paper_reference_ships_with_the_package():
+    ref = paper_results()
+    assert ref["main"]["ATR-OS"]["kway"]["EOP-Net"]["novel_miou"]["ave"] == 32.9
+    assert any("31.9" in d for d in ref["discrepancies"])
+    assert paper_dataset_name("synthetic") == "ATR-OS" and paper_dataset_name("cihp") == "CIHP-OS"
+    with pytest.raises(ValueError, match="unknown dataset"):
+        paper_dataset_name("coco")
+
+
+def test_main_table_averages_seeds_and_folds_and_keeps_the_paper_order():
+    results = [_r("eopnet", 1, "k", novel_miou=10.0, human_miou=20.0, overall_acc=80.0),
+               _r("eopnet", 1, "k", novel_miou=12.0, human_miou=22.0, overall_acc=82.0),  # second seed
+               _r("eopnet", 2, "k", novel_miou=5.0, human_miou=30.0, overall_acc=90.0),
+               _r("eopnet", 1, "1", novel_miou=99.0, human_miou=99.0, binary_miou=99.0)]  # other way: ignored
+    rows = main_table(results, "atr", "k")
+    assert [r["method"] for r in rows] == ["Fine-Tuning", "SG-One", "AMP", "POPNet", "EOP-Net"]
+    eop = rows[-1]
+    assert eop["novel_miou_fold1"] == pytest.approx(11.0) and eop["novel_miou_fold2"] == 5.0
+    assert eop["novel_miou_ave"] == pytest.approx(8.0) and eop["runs"] == 3
+    assert eop["paper_novel_miou_fold1"] == 31.1 and eop["paper_overall_acc_ave"] == 93.5
+    assert eop["paper_overall_acc_fold1"] is None  # printed once, for the average
+    assert rows[0]["novel_miou_ave"] is None  # no run of Fine-Tuning
+    one = main_table(results, "atr", "1", methods=["eopnet"])
+    assert one[0]["binary_miou_fold1"] == 99.0 and one[0]["binary_miou_ave"] is None  # fold 2 missing
+
+
+def test_writers(tmp_path):
+    rows = [{"method": "EOP-Net", "novel_miou": 31.14, "x": None}, {"method": "A_B & C", "novel_miou": 2.0, "x": 1}]
+    md = to_markdown(rows, ["method", "novel_miou", "x"])
+    assert md.splitlines()[0] == "| method | novel mIoU | x |" and "| EOP-Net | 31.1 | - |" in md
+    assert to_csv(rows, ["method", "novel_miou"]).splitlines() == ["method,novel_miou", "EOP-Net,31.14",
+                                                                   "A_B & C,2.0"]
+    tex = to_latex(rows, ["method", "novel_miou"])
+    assert r"A\_B \& C & 2.0 \\" in tex and tex.startswith(r"\begin{tabular}{lr}")
+    paths = write_table(rows, ["method", "novel_miou"], tmp_path / "t" / "table")
+    assert sorted(p.suffix for p in paths) == [".csv", ".md", ".tex"] and all(p.is_file() for p in paths)
