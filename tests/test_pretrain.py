@@ -132,3 +132,14 @@ def test_suppress_novel_never_predicts_a_novel_class():
     one_way = torch.tensor([[[[0.0]], [[2.0]]]])
     assert _suppress_novel(one_way, [5], 5).argmax(1).item() == 0
     assert _suppress_novel(one_way, [5], 2).argmax(1).item() == 1
+
+
+def test_shipped_backbone_matches_its_checksum():
+    from oshp.pretrain import SHIPPED_DIR, sha256
+
+    sums = dict(reversed(line.split()) for line in (SHIPPED_DIR / "SHA256SUMS").read_text().splitlines() if line)
+    assert sums, "SHA256SUMS lists the shipped files"
+    for name, digest in sums.items():
+        assert sha256(SHIPPED_DIR / name) == digest, f"{name} differs from its checksum; regenerate SHA256SUMS"
+    saved = torch.load(shipped_backbone("mobilenetv3_small_100"), weights_only=True)
+    assert saved["format"] == "oshp-backbone-1" and saved["backbone"] == "mobilenetv3_small_100"
