@@ -672,12 +672,15 @@ def run_benchmark(settings: BenchmarkSettings | None = None, *, log: Callable[[s
             raise ValueError(f"--check-run {s.check_run} trained {check[0].method}, which is not benchmarked here")
         methods: dict[str, Any] = {}
         for name in names:
-            if cfg.way not in get_method(name).ways:
-                methods[name] = {"method": name, "skipped": f"not evaluated {cfg.way}-way"}
-                continue
+            m = get_method(name)
+            # each method in its own settings for the profile (paper backbone, model options); 1-way-only methods
+            # (PANet, PPNet, PFENet) are measured 1-way, one binary mask per pair
+            mcfg = make_config(s.profile, method=name, way=cfg.way if cfg.way in m.ways else m.ways[0])
             try:
                 mine = check if check is not None and get_method(check[0].method).name == name else None
-                methods[name] = _bench_method(name, cfg, s, image_size, device, fast, peak, log, mine)
+                methods[name] = _bench_method(name, mcfg, s, image_size, device, fast, peak, log, mine)
+                methods[name]["way"] = mcfg.way
+                methods[name]["backbone"] = mcfg.backbone
             except Exception as err:  # one contender failing must not lose the others' numbers
                 if s.method != "all":
                     raise

@@ -1,0 +1,217 @@
+"""PFENet contender (training-free prior, feature enrichment module, frozen backbone, 1-way) on a tiny backbone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from oshp.methods import build_model
+from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, weighted_gap
+
+TINY = "mobilenetv3_small_050"
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny(**kw) -> PFENet:
+    torch.manual_seed(0)
+    return build(18, "1", TINY, **{"reduce_dim": 16, **kw})
+
+
+def episode(size: int = 64, batch: int = 2, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(batch, 3, size, size, generator=g)
+    s = torch.rand(batch, 3, size, size, generator=g)
+    sl = torch.zeros(batch, size, size, dtype=torch.long)
+    sl[:, 10:40, 12:44] = 5
+    sl[:, 0:2] = 255
+    return q, s, sl, sl.clone()
+
+
+# ---------------------------------------------------------------------------------------------------- prior
+def test_prior_mask_by_hand():
+    """Query pixels (1,0), (0,1), (1,0.5); support pixels (1,0), (1,1) in the mask and (0,1) outside it."""
+    query = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.5]]).view(1, 2, 1, 3)
+    support = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]).view(1, 2, 1, 3)
+    mask = torch.tensor([1.0, 1.0, 0.0]).view(1, 1, 1, 3)
+    # max cosine over the masked support: (0,1) is masked out (a zero vector, cosine 0), so pixel 2 only sees (1,1)
+    best = torch.tensor([1.0, 1 / math.sqrt(2), 1.5 / (math.sqrt(2) * math.sqrt(1.25))])
+    expected = (best - best.min()) / (best.max() - best.min() + 1e-7)  # min-max over the query image
+    prior = prior_mask(query, support, mask)
+    assert prior.shape == (1, 1, 1, 3)
+    assert torch.allclose(prior.flatten(), expected, atol=1e-5)
+    assert prior.flatten()[1].item() == pytest.approx(0.0) and prior.flatten()[0].item() == pytest.approx(1.0)
+    # with (0,1) inside the mask, pixel 2 finds a perfect match: the mask matters
+    unmasked = prior_mask(query, support, torch.ones(1, 1, 1, 3)).flatten()
+    assert unmasked[1].item() == pytest.approx(1.0, abs=1e-5)
+    # masked-out support pixels are zero vectors (cosine 0), so a maximum is never below 0: query (-1,0), (1,0),
+    # (0,1) against the masked support {(1,0)} + a masked-out (5,5) give maxima 0 (not -1), 1, 0 -> 0, 1, 0
+    q2 = torch.tensor([[-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).view(1, 2, 1, 3)
+    s2 = torch.tensor([[1.0, 5.0], [0.0, 5.0]]).view(1, 2, 1, 2)
+    raw = prior_mask(q2, s2, torch.tensor([1.0, 0.0]).view(1, 1, 1, 2)).flatten()
+    assert torch.allclose(raw, torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
+    # chunking over query pixels changes nothing
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 8, 5, 6, generator=g), torch.randn(2, 8, 4, 7, generator=g)
+    m = (torch.rand(2, 1, 4, 7, generator=g) > 0.5).float()
+    assert torch.allclose(prior_mask(a, b, m, chunk=4), prior_mask(a, b, m), atol=1e-6)
+
+
+def test_weighted_gap_and_bins():
+    feats = torch.tensor([[1.0, 3.0], [5.0, 7.0]]).view(1, 1, 2, 2)
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0]]).view(1, 1, 2, 2)
+    assert weighted_gap(feats, mask).item() == pytest.approx(4.0 / 2.0005)
+    bins = PFENetConfig().pyramid_bins
+    assert [bin_size(b, (60, 60)) for b in bins] == [(60, 60), (30, 30), (15, 15), (8, 8)]  # the release at 473 px
+    assert [bin_size(b, (16, 16)) for b in bins] == [(16, 16), (8, 8), (4, 4), (2, 2)]  # 128 px
+    assert bin_size(8 / 60, (64, 40)) == (8, 5) and bin_size(3, (64, 40)) == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- backbone
+def test_frozen_backbone_gets_no_gradient_and_keeps_its_statistics():
+    model = tiny()
+    model.train()
+    assert not model.backbone.training and model.fem.training
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    q, s, sl, ql = episode()
+    out = model(q, s, sl, query_label=ql)
+    out["loss"].backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+    assert all(p.grad is not None for p in model.fem.parameters())
+    assert model.down_query[0].weight.grad is not None and model.down_supp[0].weight.grad is not None
+    for k, v in model.backbone.state_dict().items():
+        assert torch.equal(v, stats[k]), k  # BatchNorm running statistics did not move
+    free = tiny(freeze_backbone=False).train()
+    free(q, s, sl, query_label=ql)["loss"].backward()
+    assert free.backbone.training and any(p.grad is not None for p in free.backbone.parameters())
+
+
+def test_if_pretrained_freezes_only_a_backbone_that_starts_from_weights(tmp_path):
+    scratch = tiny(freeze_backbone="if_pretrained")
+    assert not scratch.frozen and all(p.requires_grad for p in scratch.backbone.parameters())
+    path = tmp_path / "backbone.pth"
+    torch.save(scratch.backbone.state_dict(), path)  # a TimmFeatures state dict (keys body.*)
+    loaded = tiny(freeze_backbone="if_pretrained", backbone_weights=str(path))
+    assert loaded.frozen and not any(p.requires_grad for p in loaded.backbone.parameters())
+    first = next(iter(scratch.backbone.state_dict()))
+    assert torch.equal(loaded.backbone.state_dict()[first], scratch.backbone.state_dict()[first])
+    assert tiny().frozen  # the default, as PFENet
+
+
+def test_support_is_masked_before_the_last_stage():
+    model = tiny().eval()
+    _, s, sl, _ = episode()
+    mask = (sl == 5).unsqueeze(1).float()
+    hooks = len(model.pre_last_module._forward_hooks)  # timm's own feature hooks, if any
+    with torch.no_grad():
+        plain = model._levels(s)
+        masked = model._levels(s, mask)
+        ones = model._levels(s, torch.ones_like(mask))
+    assert torch.equal(masked[-2], plain[-2])  # the previous level is returned unmasked
+    assert not torch.allclose(masked[-1], plain[-1])  # the last stage saw the masked level
+    assert torch.allclose(ones[-1], plain[-1], atol=1e-6)
+    assert len(model.pre_last_module._forward_hooks) == hooks  # the masking hook is removed after each call
+    assert not any(k.startswith("_pre") for k in model.state_dict())
+    off = tiny(mask_support_before_last_stage=False).eval()
+    with torch.no_grad():
+        assert torch.equal(off._levels(s, mask)[-1], off._levels(s)[-1])
+
+
+# ---------------------------------------------------------------------------------------------------- model
+def test_output_shapes_train_and_eval_with_other_support_size():
+    model = tiny().train()
+    q, s, sl, ql = episode()
+    out = model(q, s, sl, query_label=ql)
+    assert out["pred"].shape == (2, 2, 64, 64) and out["classes"] == [(5,), (5,)]
+    assert out["prior"].shape == (2, 1, 8, 8) and float(out["prior"].min()) >= 0 and float(out["prior"].max()) <= 1
+    for key in ("loss", "loss_main", "loss_aux"):
+        assert torch.isfinite(out[key]), key
+    model.eval()
+    s2 = torch.rand(2, 3, 48, 80)
+    sl2 = torch.zeros(2, 48, 80, dtype=torch.long)
+    sl2[:, 5:30, 10:50] = 5
+    with torch.no_grad():
+        assert model(q, s2, sl2)["pred"].shape == (2, 2, 64, 64)
+        model.config.eval_size = 32  # section 6.3: test images resized (to 512 in the paper); logits come back
+        assert model(q[:, :, :56], s2, sl2)["pred"].shape == (2, 2, 56, 64)
+
+
+def test_overfits_one_episode():
+    """The default (frozen backbone): only the projections and the FEM learn, from a random tiny backbone."""
+    model = tiny(reduce_dim=64)
+    g = torch.Generator().manual_seed(0)
+    img = 0.2 * torch.rand(1, 3, 64, 64, generator=g)
+    lab = torch.zeros(1, 64, 64, dtype=torch.long)
+    lab[:, 16:48, 20:44] = 5
+    img[:, 0][lab == 5] += 0.8
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(50):
+        out = model(img, img.flip(-1), lab.flip(-1), query_label=lab)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss_main"].item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    model.eval()
+    with torch.no_grad():
+        acc = (model(img, img.flip(-1), lab.flip(-1))["pred"].argmax(1) == (lab == 5)).float().mean().item()
+    assert acc > 0.9
+
+
+def test_paper_configuration_size():
+    """Table 5 gives no PFENet size; PFENet's own paper counts 10.8 M learnable parameters (ResNet-50 frozen)."""
+    with torch.device("meta"):
+        model = build_model("pfenet", num_classes=18, way="1", backbone="resnet50")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(trainable - 10.8) / 10.8 < 0.10, trainable
+    assert total == pytest.approx(trainable + 23.508, abs=0.01)
+    assert model.backbone.output_stride == 8 and model.backbone.channels[-3:] == [512, 1024, 2048]
+
+
+def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
+    from oshp.evaluation import evaluate_run
+    from oshp.training import make_config, train
+
+    run = tmp_path / "pfenet"
+    cfg = make_config("smoke", method="pfenet", way="1", data_root=str(tiny_synthetic.root), epochs=1,
+                      val_pairs_per_class=0)
+    assert cfg.model_options["reduce_dim"] == 16
+    paper = make_config("paper", method="pfenet")
+    assert paper.backbone == "resnet50" and paper.lr == 2.5e-3 and paper.model_options["eval_size"] == 512
+    train(cfg, run, progress=False)
+    result = evaluate_run(run, max_pairs=4, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result["way"] == "1" and metrics["method"] == "pfenet"
+    for key in ("binary_miou", "novel_miou", "per_class_iou", "overall_acc"):
+        assert key in metrics, key
+    assert metrics["binary_miou"] is not None
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(TypeError, match=r"unknown PFENet option\(s\) \['bins'\]"):
+        build(18, "1", TINY, bins=(1.0,))
+    with pytest.raises(ValueError, match="1-way only"):
+        PFENetConfig(way="k")
+    with pytest.raises(ValueError, match="pyramid_bins"):
+        PFENetConfig(pyramid_bins=(1.0, 0.0))
+    with pytest.raises(ValueError, match="freeze_backbone"):
+        PFENetConfig(freeze_backbone="sometimes")
+    model = tiny()
+    q, s, sl, _ = episode()
+    with pytest.raises(ValueError, match="support_label of shape"):
+        model(q, s, sl[:, :32])
+
+
+def test_needs_three_feature_levels(monkeypatch):
+    from oshp.models import pfenet as mod
+
+    original = mod.TimmFeatures
+    monkeypatch.setattr(mod, "TimmFeatures", lambda name, **kw: original(name, **{**kw, "out_indices": (3, 4)}))
+    with pytest.raises(ValueError, match="at least 3 feature levels"):
+        build(18, "1", TINY, reduce_dim=8)

@@ -1,0 +1,228 @@
+"""POPNet contender (He et al., AAAI 2021; EOP-Net section 6.3): stage 1 -> KIM -> stage 3, trained progressively."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oshp.evaluation import evaluate_run
+from oshp.methods import build_model, get_method
+from oshp.models.episode import LOW_LOGIT
+from oshp.models.popnet import KnowledgeInfusion, POPNet, POPNetConfig, build, stage_plan
+from oshp.training import make_config, read_history, train
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = "mobilenetv3_small_050"
+
+
+def tiny(**kw) -> POPNet:
+    torch.manual_seed(0)
+    return POPNet(POPNetConfig(backbone=TINY, embed_dim=kw.pop("embed_dim", 16), **kw))
+
+
+def episode(seed: int = 0, size: int = 64, batch: int = 2):
+    """Random images; support classes 2 and 4 (sample 0) / 2 (sample 1); the query also shows 11."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(batch, 3, size, size, generator=g)
+    s = torch.rand(batch, 3, size, size, generator=g)
+    sl = torch.zeros(batch, size, size, dtype=torch.long)
+    sl[:, 8:30, 10:40] = 2
+    sl[0, 36:60, 8:30] = 4
+    sl[:, 0:3, 0:3] = 255
+    ql = sl.clone()
+    ql[:, 40:50, 40:60] = 11
+    return q, s, sl, ql
+
+
+@pytest.mark.parametrize("way", ["k", "1"])
+def test_output_shapes(way):
+    model = tiny(way=way)
+    q, s, sl, ql = episode()
+    if way == "1":
+        sl = torch.where(sl == 4, torch.zeros_like(sl), sl)
+    c = 18 if way == "k" else 2
+    model.train()
+    for epoch, stages, keys in ((0, ("coarse",), ("loss_coarse", "loss_coarse_agm", "loss_coarse_ncm")),
+                                (3, ("fine",), ("loss_fine", "loss_fine_agm", "loss_fine_ncm"))):
+        out = model(q, s, sl, query_label=ql, epoch=epoch, max_epoch=4)
+        assert out["stages"] == stages
+        assert out["pred"].shape == out["ncm"].shape == (2, c, 64, 64) and out["coarse"].shape == (2, 2, 64, 64)
+        for key in ("loss",) + keys:
+            assert torch.isfinite(out[key]), key
+        assert out["classes"] == ([(2, 4), (2,)] if way == "k" else [(2,), (2,)])
+    assert "agm" in out and out["agm"].shape == (2, c, 64, 64)
+    model.eval()
+    with torch.no_grad():  # support at another size than the query (test time keeps native resolutions)
+        out = model(q, F.interpolate(s, size=(48, 64)), sl[:, ::4, :].repeat_interleave(3, 1)[:, :48])
+    assert out["pred"].shape == (2, c, 64, 64) and out["coarse"].shape == (2, 2, 64, 64)
+    assert "agm" not in out and "loss" not in out and out["beta"] == 0.0
+    if way == "k":
+        assert torch.all(out["pred"][1, [i for i in range(18) if i not in (0, 2)]] == LOW_LOGIT)
+
+
+def test_stage_plan_by_hand():
+    # 10 epochs, half each: stage 1 trains epochs 0-4 with its own (e, E) = (e, 5); stage 3 epochs 5-9 as (e-5, 5)
+    p = stage_plan(3, 10)
+    assert (p.train_coarse, p.train_fine, p.coarse_epoch, p.coarse_epochs) == (True, False, 3, 5)
+    p = stage_plan(7, 10)
+    assert (p.train_coarse, p.train_fine, p.fine_epoch, p.fine_epochs, p.infuse_gradients) == (False, True, 2, 5, False)
+    assert stage_plan(2, 10, stage1_share=0.3).train_fine is False and stage_plan(3, 10, stage1_share=0.3).train_fine
+    assert stage_plan(2, 4, stage1_share=0.99).train_coarse and stage_plan(3, 4, stage1_share=0.99).train_fine
+    one = stage_plan(0, 1)  # a 1-epoch run cannot be split: both stages, still separate
+    assert one.train_coarse and one.train_fine and not one.infuse_gradients
+    joint = stage_plan(6, 10, "joint")
+    assert joint.train_coarse and joint.train_fine and joint.infuse_gradients and joint.fine_epoch == 6
+
+
+def _grads(module: torch.nn.Module) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+def test_progressive_schedule_gradients_and_frozen_stage1():
+    model = tiny().train()
+    q, s, sl, ql = episode()
+    out = model(q, s, sl, query_label=ql, epoch=1, max_epoch=4)  # stage-1 phase, beta = 0.5: AGM and NCM
+    out["loss"].backward()
+    g1 = _grads(model.stage1)
+    assert not _grads(model.stage3)
+    for prefix in ("backbone.", "proj.", "agm.", "ncm."):
+        assert any(n.startswith(prefix) for n in g1), prefix
+    assert model.stage1.memory.initialised[1] and not model.stage3.memory.initialised.any()
+
+    model.zero_grad(set_to_none=True)
+    bn = model.stage1.backbone.fuse[1]
+    stats = (bn.running_mean.clone(), bn.num_batches_tracked.clone())
+    memory = model.stage1.memory.memory.clone()
+    out = model(q, s, sl, query_label=ql, epoch=3, max_epoch=4)  # stage-3 phase: stage 1 frozen
+    out["loss"].backward()
+    assert not _grads(model.stage1) and "loss_coarse" not in out
+    g3 = _grads(model.stage3)
+    for prefix in ("backbone.", "kim.", "proj.", "agm.", "ncm."):
+        assert any(n.startswith(prefix) for n in g3), prefix
+    assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.num_batches_tracked, stats[1])
+    assert torch.equal(model.stage1.memory.memory, memory) and model.stage1.training  # mode restored
+
+    joint = tiny(schedule="joint", lambda_coarse=0.0).train()
+    out = joint(q, s, sl, query_label=ql, epoch=3, max_epoch=4)
+    assert out["stages"] == ("coarse", "fine")
+    out["loss"].backward()  # stage 1's own loss weighs 0: its backbone learns from the fine loss through the KIM
+    assert any(n.startswith("backbone.") for n in _grads(joint.stage1)) and _grads(joint.stage3)
+
+
+def test_kim_shapes_and_stage3_depends_on_stage1_features():
+    kim = KnowledgeInfusion(3, 5)
+    assert kim(torch.randn(2, 3, 4, 4), torch.randn(2, 5, 8, 8)).shape == (2, 5, 8, 8)  # previous map resized
+    assert sum(p.numel() for p in KnowledgeInfusion(256, 256).parameters()) == 206_080  # facts 3.8: 0.206 M
+    with pytest.raises(ValueError, match="3 previous-stage and 5 current"):
+        kim(torch.randn(2, 4, 8, 8), torch.randn(2, 5, 8, 8))
+
+    model = tiny().eval()
+    q, s, sl, _ = episode()
+    with torch.no_grad():
+        coarse = model.coarse_stage(q, s, sl > 0)
+        pq, ps = coarse["query_features"], coarse["support_features"]
+        assert pq.shape == (2, 16, 16, 16) and ps.shape == (2, 16, 16, 16)
+        base = model.fine_stage(q, s, sl, pq, ps)["ncm"]
+        again = model.fine_stage(q, s, sl, pq.clone(), ps.clone())["ncm"]
+        changed = model.fine_stage(q, s, sl, pq + torch.randn_like(pq), ps)["ncm"]
+        full = model(q, s, sl)["pred"]
+    assert torch.allclose(base, again) and torch.allclose(base, full, atol=1e-5)
+    assert (changed[:, [0, 2]] - base[:, [0, 2]]).abs().max() > 1e-3  # other stage-1 features, other stage-3 logits
+    with pytest.raises(ValueError, match="previous stage"):
+        model.stage3(q)
+
+
+def test_nearest_centroid_logits_by_hand():
+    model = tiny(embed_dim=2).eval()
+    hs = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]]])  # support pixels (1, 0) and (0, 1)
+    support_label = torch.tensor([[[2, 5]]])  # -> prototypes p2 = (1, 0), p5 = (0, 1)
+    hq = torch.tensor([[[[1.0, 2.0, 0.0]], [[0.0, 1.0, 3.0]]]])  # query pixels (1, 0), (2, 1), (0, 3)
+    r5 = 1 / math.sqrt(5)
+    cos2, cos5 = torch.tensor([1.0, 2 * r5, 0.0]), torch.tensor([0.0, r5, 1.0])
+    with torch.no_grad():
+        logits = model.fine_head(hq, hs, support_label, (1, 3))["ncm"][0, :, 0]
+    # NCM at initialisation: scale 10, identity scalar maps; background = mean over classes of (1 - cos)
+    assert torch.allclose(logits[2], 10 * cos2, atol=1e-5) and torch.allclose(logits[5], 10 * cos5, atol=1e-5)
+    assert torch.allclose(logits[0], 10 * ((1 - cos2) + (1 - cos5)) / 2, atol=1e-5)  # 5, 3.292, 5
+    assert torch.all(logits[[1, 3, 4] + list(range(6, 18))] == LOW_LOGIT)
+    assert logits.argmax(0).tolist() == [2, 2, 5]
+    with torch.no_grad():  # the scalar convs and the scale are the NCM's parameters
+        model.stage3.ncm.scale.fill_(5.0)
+        model.stage3.ncm.phi.weight.fill_(2.0)
+        model.stage3.ncm.phi.bias.fill_(-1.0)
+        logits = model.fine_head(hq, hs, support_label, (1, 3))["ncm"][0, :, 0]
+    assert torch.allclose(logits[2], 5 * (2 * cos2 - 1), atol=1e-5)
+    # stage 1: one human prototype from the human mask (pixel 0 only) -> [background, human] = 10 (1 - cos), 10 cos
+    with torch.no_grad():
+        coarse = tiny(embed_dim=2).eval().coarse_head(hq, hs, torch.tensor([[[True, False]]]), (1, 3))["ncm"]
+    assert torch.allclose(coarse[0, :, 0], torch.stack([10 * (1 - cos2), 10 * cos2]), atol=1e-5)
+
+
+def test_overfits_one_episode():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+
+    def make():
+        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
+        lab = torch.zeros(1, 64, 64, dtype=torch.long)
+        lab[:, 8:40, 16:48] = 2
+        lab[:, 40:60, 20:44] = 4
+        for c, ch in ((2, 0), (4, 1)):
+            img[:, ch][lab == c] += 1.0
+        return img.clamp(0, 1), lab
+
+    q, ql = make()
+    s, sl = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(40):  # stage-3 phase (stage 1 frozen), beta = 0.5
+        out = model(q, s, sl, query_label=ql, epoch=3, max_epoch=4)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert (out["pred"].argmax(1) == ql).float().mean().item() > 0.9
+
+
+def test_paper_configuration_size():
+    with torch.device("meta"):
+        model = build_model("popnet", num_classes=18, way="k", backbone=get_method("popnet").paper_backbone)
+    params = sum(p.numel() for p in model.parameters()) / 1e6  # two stage networks + KIM, every parameter
+    assert params == pytest.approx(get_method("popnet").table5["params_m"], rel=0.10)  # 79.8 M vs 85.8 M
+
+
+def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
+    run = tmp_path / "run"
+    cfg = make_config("smoke", method="popnet", data_root=str(tiny_synthetic.root))
+    assert cfg.model_options == {"embed_dim": 32, "warmup_epochs": 1} and cfg.epochs == 2
+    train(cfg, run, progress=False)
+    log = read_history(run)
+    assert "loss_coarse" in log[0] and "loss_fine" not in log[0]  # epoch 0: stage 1
+    assert "loss_fine" in log[1] and "loss_coarse" not in log[1]  # epoch 1: stage 3, stage 1 frozen
+    result = evaluate_run(run, max_pairs=4, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert result["way"] == "k" and metrics["config"]["method"] == "popnet"
+    for key in ("novel_miou", "base_miou", "human_miou", "mean_base_acc", "mean_novel_acc", "per_class_iou"):
+        assert key in metrics, key
+
+
+def test_bad_options_and_inputs_give_clear_errors():
+    with pytest.raises(TypeError, match=r"unknown POPNet option\(s\) \['stage_one'\]"):
+        build(18, "k", TINY, stage_one=0.5)
+    with pytest.raises(ValueError, match="stage1_epochs.*between 0 and 1"):
+        POPNetConfig(stage1_epochs=1.0)
+    with pytest.raises(ValueError, match="schedule must be"):
+        POPNetConfig(schedule="end-to-end")
+    model = tiny().eval()
+    q, s, sl, _ = episode()
+    with pytest.raises(ValueError, match="exactly one foreground class"):
+        tiny(way="1")(q, s, sl)
+    with pytest.raises(ValueError, match="support mask has no foreground"):
+        model(q, s, torch.zeros_like(sl))
