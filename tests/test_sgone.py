@@ -1,0 +1,202 @@
+"""SG-One contender (oshp/models/sgone.py): shapes, learning, the guidance and k-way background pinned by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from oshp.methods import build_model
+from oshp.models.episode import LOW_LOGIT
+from oshp.models.sgone import SGOne, SGOneConfig, SGOneHead, build
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+TINY = "mobilenetv3_small_050"
+
+
+def tiny(way: str = "k", **kw) -> SGOne:
+    torch.manual_seed(0)
+    return build(18, way, TINY, guide_dim=32, seg_dim=32, **kw)
+
+
+def episode(size: int = 64, batch: int = 2):
+    """Support classes 2 and 4 (sample 0) / 2 (sample 1); the query also holds 11, absent from the supports."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(batch, 3, size, size, generator=g)
+    s = torch.rand(batch, 3, size, size, generator=g)
+    sl = torch.zeros(batch, size, size, dtype=torch.long)
+    sl[:, 8:30, 10:40] = 2
+    sl[0, 36:60, 8:30] = 4
+    sl[:, 0:3, 0:3] = 255
+    ql = sl.clone()
+    ql[:, 40:50, 40:60] = 11
+    return q, s, sl, ql
+
+
+@pytest.mark.parametrize("way", ["k", "1"])
+def test_output_shapes_train_and_eval_at_other_sizes(way):
+    model = tiny(way)
+    q, s, sl, ql = episode()
+    if way == "1":
+        sl = torch.where(sl == 4, torch.zeros_like(sl), sl)
+    out = model.train()(q, s, sl, query_label=ql)
+    c = 18 if way == "k" else 2
+    assert out["pred"].shape == (2, c, 64, 64)
+    assert torch.isfinite(out["loss"]) and torch.equal(out["loss"], out["loss_seg"])
+    assert out["classes"] == ([(2, 4), (2,)] if way == "k" else [(2,), (2,)])
+    model.eval()
+    with torch.no_grad():  # native resolution at test time: support and query sizes differ
+        small_s, small_sl = F.interpolate(s, size=(48, 40)), sl[:, :48, :40]
+        out = model(q, small_s, small_sl)
+        assert out["pred"].shape == (2, c, 64, 64) and "loss" not in out
+        cached = model.forward_with_support(q, model.encode_support(small_s, small_sl))
+        assert torch.allclose(cached["pred"], out["pred"], atol=1e-5)
+    if way == "k":  # classes absent from the support get LOW_LOGIT (4 is absent from sample 1, 11 from both)
+        assert (out["pred"][1, 4] == LOW_LOGIT).all() and (out["pred"][:, 11] == LOW_LOGIT).all()
+        assert (out["pred"][0, 4] > LOW_LOGIT).all()
+
+
+def test_overfits_one_episode():
+    model = tiny()
+    g = torch.Generator().manual_seed(0)
+
+    def make():
+        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
+        lab = torch.zeros(1, 64, 64, dtype=torch.long)
+        lab[:, 8:40, 16:48] = 2
+        lab[:, 40:60, 20:44] = 4
+        lab[:, 20:32, 24:40] = 11
+        for c, ch in ((2, 0), (4, 1), (11, 2)):
+            img[:, ch][lab == c] += 1.0
+        return img, lab
+
+    q, ql = make()
+    s, sl = make()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for _ in range(30):
+        out = model(q, s, sl, query_label=ql)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert (out["pred"].argmax(1) == ql).float().mean().item() > 0.9
+
+
+class _ImageAsFeatures(nn.Module):
+    """Stub embedding network: the image itself is the feature map (3 channels, stride 1)."""
+
+    out_channels = 3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _center_tap(in_ch: int, out_ch: int) -> nn.Conv2d:
+    """A 3x3 conv that copies input channel i to output channel i (i < out_ch)."""
+    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for i in range(out_ch):
+            conv.weight[i, i, 1, 1] = 1.0
+    return conv
+
+
+def test_guidance_without_residual_and_kway_background_by_hand():
+    """1 x 2 images whose pixels are the features; prototypes, cosine maps, guidance and eq. 6's background by hand.
+
+    Support: pixel 0 = (1, 0, 0) is class 2, pixel 1 = (0, 1, 0) is class 4, so p_2 = e1, p_4 = e2.
+    Query pixels (3, 4, 0) and (0, -2, 1): m_2 = (0.6, 0), m_4 = (0.8, -2/sqrt5).
+    Segmentation features h = first two channels: (3, 4), (0, -2). r_c = m_c * h (no "+ h"):
+    r_2 = (1.8, 2.4), (0, 0); r_4 = (2.4, 3.2), (0, 4/sqrt5). The head copies r (ReLU of non-negative values) and the
+    classifier reads channel 0 as l_c and channel 1 as the class's background score: l_2 = (1.8, 0), l_4 = (2.4, 0),
+    l_bg = mean over the two classes = (2.8, 2/sqrt5); omega is the identity at initialisation.
+    """
+    model = build(18, "k", TINY, guide_dim=3, seg_dim=2)
+    model.backbone = _ImageAsFeatures()
+    model.guidance = _center_tap(3, 3)
+    model.segmentation = _center_tap(3, 2)
+    model.head = SGOneHead(2)
+    model.head.trunk[0] = _center_tap(2, 2)
+    with torch.no_grad():
+        model.head.classifier.weight.copy_(torch.eye(2).view(2, 2, 1, 1))
+        model.head.classifier.bias.zero_()
+    support = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]).view(1, 3, 1, 2)
+    query = torch.tensor([[3.0, 0.0], [4.0, -2.0], [0.0, 1.0]]).view(1, 3, 1, 2)
+    label = torch.tensor([[[2, 4]]])
+    out = model.eval()(query, support, label)
+    r5 = 2 / math.sqrt(5)
+    assert torch.allclose(out["similarity"], torch.tensor([[[0.6, 0.0]], [[0.8, -r5]]]), atol=1e-6)
+    pred = out["pred"][0, :, 0]  # 18 x 2
+    assert torch.allclose(pred[2], torch.tensor([1.8, 0.0]), atol=1e-6)
+    assert torch.allclose(pred[4], torch.tensor([2.4, 0.0]), atol=1e-6)
+    assert torch.allclose(pred[0], torch.tensor([2.8, r5]), atol=1e-6)  # with "+ h": 6.8 at pixel 0
+    others = [c for c in range(18) if c not in (0, 2, 4)]
+    assert (pred[others] == LOW_LOGIT).all()
+    # the guidance itself: features times similarity, nothing added
+    h, m = torch.tensor([[[[3.0]], [[4.0]]]]), torch.tensor([[[0.5]]])
+    assert torch.equal(SGOneHead.guide(h, m), torch.tensor([[[[1.5]], [[2.0]]]]))
+
+
+def test_background_is_the_mean_of_class_scores_per_sample():
+    """Two samples with 2 and 1 classes: each background is omega(mean of its own classes' background scores)."""
+    head = SGOneHead(2)
+    head.trunk = nn.Identity()
+    with torch.no_grad():
+        head.classifier.weight.copy_(torch.eye(2).view(2, 2, 1, 1))  # l_c = channel 0, b_c = channel 1
+        head.classifier.bias.zero_()
+        head.omega.weight.fill_(2.0)
+        head.omega.bias.fill_(0.5)
+    feats = torch.tensor([[7.0, 1.0], [8.0, 2.0], [9.0, 3.0]]).view(3, 2, 1, 1)
+    fg, bg = head(feats, torch.ones(3, 1, 1), torch.tensor([0, 0, 1]), 2)
+    assert torch.equal(fg.flatten(), torch.tensor([7.0, 8.0, 9.0]))
+    assert torch.allclose(bg.flatten(), torch.tensor([2.0 * 1.5 + 0.5, 2.0 * 3.0 + 0.5]))
+
+
+def test_paper_configuration_size_on_meta():
+    """Xception-65 through DeepLabFeatures plus the two 3x3 branches and the head (Table 5 gives no SG-One row)."""
+    with torch.device("meta"):
+        model = build_model("sgone", num_classes=18, way="k", backbone="xception65")
+    own = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("backbone."))
+    assert own == (256 * 9 * 256 + 256) + (256 * 9 * 128 + 128) + (128 * 9 * 128 + 128) + (128 * 2 + 2) + 2
+    total = sum(p.numel() for p in model.parameters()) / 1e6
+    assert 38.0 < total < 41.0, total  # the embedding network (~38 M) + 1.03 M of SG-One layers
+
+
+def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
+    from oshp.evaluation import evaluate_run
+    from oshp.training import make_config, train
+
+    run = tmp_path / "sgone"
+    cfg = make_config("smoke", method="sgone", data_root=str(tiny_synthetic.root), epochs=1, val_pairs_per_class=0)
+    assert cfg.model_options == {"guide_dim": 32, "seg_dim": 32}
+    summary = train(cfg, run, progress=False)
+    assert "loss_seg" in summary["history"][0]
+    evaluate_run(run, max_pairs=6, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "sgone" and metrics["way"] == "k"
+    for key in ("novel_miou", "base_miou", "human_miou", "overall_acc", "per_class_iou"):
+        assert key in metrics, key
+
+
+def test_bad_inputs_give_clear_errors():
+    with pytest.raises(TypeError, match=r"unknown SG-One option\(s\) \['residual'\]"):
+        build(18, "k", TINY, residual=True)
+    with pytest.raises(ValueError, match="way must be 'k' or '1'"):
+        SGOneConfig(way="2")
+    with pytest.raises(ValueError, match="mask_downsample"):
+        SGOneConfig(mask_downsample="bilinear")
+    model = tiny("1").eval()
+    q, s, sl, _ = episode()
+    with pytest.raises(ValueError, match="exactly one foreground class"):
+        model(q, s, sl)
+    with pytest.raises(ValueError, match="no foreground pixels"):
+        model(q, s, torch.zeros_like(sl))
