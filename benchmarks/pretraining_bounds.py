@@ -72,12 +72,15 @@ def main() -> None:
     p.add_argument("--pairs-per-epoch", type=int, default=None, help="override the profile's episodes per epoch")
     p.add_argument("--pseudo", type=float, default=None, help="pseudo-class probability for k-way (a)/(b)")
     p.add_argument("--max-pairs", type=int, default=None, help="evaluate on a class-balanced subset (default: all)")
+    p.add_argument("--collect", action="store_true", help="train nothing: summarise the runs that exist")
     args = p.parse_args()
     rows = []
     for way in args.ways:
         for fold in args.folds:
             for config in args.configs:
                 for seed in args.seeds:
+                    if args.collect and not (args.runs / f"{config}_f{fold}_{way}way_s{seed}" / "metrics.json").is_file():
+                        continue
                     print(f"{config} fold {fold} {way}-way seed {seed}", flush=True)
                     r = run_one(args, config, fold, way, seed)
                     rows.append({"config": config, "fold": fold, "way": way, "seed": seed, **r})

@@ -24,6 +24,11 @@ def test_profiles_and_overrides():
     assert (cfg.backbone, cfg.image_size, cfg.epochs, cfg.batch_size, cfg.lr) == ("xception65", 512, 50, 2, 1e-3)
     demo = make_config("demo", epochs=3, model_options={"alpha": 0.01})
     assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
+    assert demo.backbone_weights == "synthetic" and make_config("smoke").backbone_weights is None
+    quick = make_config("quick", method="amp")  # the quick budget keeps each method's demo settings
+    assert (quick.epochs, quick.lr, quick.model_options) == (4, 5e-3, {"embed_dim": 64})
+    assert make_config("quick").model_options["warmup_epochs"] == 1
+    assert make_config("paper", method="panet").backbone == "vgg16"
     with pytest.raises(ValueError, match="unknown training settings"):
         make_config("demo", epoch=3)
     with pytest.raises(ValueError, match="unknown profile"):
