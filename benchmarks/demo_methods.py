@@ -62,7 +62,7 @@ def main() -> None:
         columns = ["method"] + [f"{m}_{f}" for m in COLUMNS[way] for f in ("fold1", "fold2", "ave")] + \
                   [f"paper_{m}_ave" for m in COLUMNS[way]]
         headers = ["method"] + [f"{m.replace('_miou', ' mIoU').replace('_acc', ' acc')} {f}" for m in COLUMNS[way]
-                                for f in ("f1", "f2", "ave")] + [f"paper {m.replace('_miou', ' mIoU')}" for m in
+                                for f in ("f1", "f2", "ave")] + [f"paper {m.replace('_miou', ' mIoU').replace('_acc', ' acc')}" for m in
                                                                  COLUMNS[way]]
         write_table(rows, columns, args.tables.with_name(f"{args.tables.name}_{way}way"), headers)
         print(f"\n{way}-way ({args.profile} profile, synthetic data; paper: ATR-OS averages)\n")
