@@ -26,7 +26,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
-from oshp.models.episode import BACKGROUND, LOW_LOGIT, EpisodeModel, check_image
+from oshp.models.episode import BACKGROUND, LOW_LOGIT, CachedSupport, EpisodeModel, check_image
 from oshp.models.prototypes import (
     MaskMode,
     PrototypeMemory,
@@ -240,7 +240,7 @@ class AGMHead(nn.Module):
 
 
 @dataclass
-class SupportCache:
+class SupportCache(CachedSupport):
     """A support encoded once by :meth:`EOPNet.encode_support`, to parse many queries without re-encoding it.
 
     Holds what the query branch needs: the episode classes of each support sample, the prototypes in use (after the
@@ -260,18 +260,10 @@ class SupportCache:
     channels: int = 3
     """Channels of the support image (a query must have as many)."""
 
-    @property
-    def batch(self) -> int:
-        """Number of encoded supports."""
-        return len(self.classes)
-
     def expand(self, n: int) -> "SupportCache":
         """The cache for a query batch of ``n``: itself when it holds ``n`` supports, one support repeated n times."""
-        if n == self.batch:
+        if not self.needs_repeat(n):
             return self
-        if self.batch != 1:
-            raise ValueError(f"the support cache holds {self.batch} supports but the query batch is {n}: encode one "
-                             f"support to share it across a batch, or one support per query")
         return SupportCache(
             classes=[list(self.classes[0]) for _ in range(n)], prototypes=self.prototypes.repeat(n, 1),
             static=self.static * n, present=self.present * n,

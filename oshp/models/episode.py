@@ -15,7 +15,7 @@ from torch import nn
 from oshp.losses import IGNORE_INDEX
 from oshp.models.prototypes import MaskMode, downsample_mask, masked_average_pooling
 
-__all__ = ["EpisodeModel", "LOW_LOGIT", "BACKGROUND", "check_image", "is_int_tensor"]
+__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "BACKGROUND", "check_image", "is_int_tensor"]
 
 LOW_LOGIT = -1.0e4
 """Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
@@ -34,6 +34,28 @@ def check_image(name: str, img: object) -> None:
                          f"{tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__}")
     if not img.dtype.is_floating_point:
         raise ValueError(f"{name} must be a floating-point (normalised) image tensor, got dtype {img.dtype}")
+
+
+class CachedSupport:
+    """Base of the support caches (``encode_support``): the number of supports held, and the rule for sharing them
+    with a query batch. Subclasses (dataclasses with a ``classes`` field) implement ``expand`` with it."""
+
+    classes: list[list[int]]
+
+    @property
+    def batch(self) -> int:
+        """Number of encoded supports."""
+        return len(self.classes)
+
+    def needs_repeat(self, n: int) -> bool:
+        """False when the cache already holds ``n`` supports; True when its one support must be repeated ``n`` times;
+        a ValueError otherwise."""
+        if n == self.batch:
+            return False
+        if self.batch != 1:
+            raise ValueError(f"the support cache holds {self.batch} supports but the query batch is {n}: encode one "
+                             f"support to share it across a batch, or one support per query")
+        return True
 
 
 class EpisodeModel(nn.Module):

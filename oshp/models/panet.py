@@ -42,7 +42,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import EpisodeModel, check_image
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image
 from oshp.models.prototypes import cosine_similarity_maps, downsample_mask, masked_average_pooling
 
 __all__ = ["PANetConfig", "PANet", "PANetEncoder", "PANetSupport", "dilate_to_stride", "prototype_logits",
@@ -239,7 +239,7 @@ def alignment_loss(query_features: torch.Tensor, query_logits: torch.Tensor, sup
 
 # ---------------------------------------------------------------------------------------------------- model
 @dataclass
-class PANetSupport:
+class PANetSupport(CachedSupport):
     """A support encoded once (:meth:`PANet.encode_support`): its class and [bg, fg] prototypes per sample."""
 
     classes: list[list[int]]
@@ -247,16 +247,9 @@ class PANetSupport:
     """B x 2 x D: background and foreground prototypes."""
     channels: int = 3
 
-    @property
-    def batch(self) -> int:
-        return len(self.classes)
-
     def expand(self, n: int) -> "PANetSupport":
-        if n == self.batch:
+        if not self.needs_repeat(n):
             return self
-        if self.batch != 1:
-            raise ValueError(f"the support cache holds {self.batch} supports but the query batch is {n}: encode one "
-                             f"support to share it across a batch, or one support per query")
         return PANetSupport([list(self.classes[0]) for _ in range(n)], self.prototypes.expand(n, -1, -1),
                             self.channels)
 

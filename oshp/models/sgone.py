@@ -47,7 +47,7 @@ from torch import nn
 
 from oshp.losses import cross_entropy
 from oshp.models.backbone import DeepLabFeatures
-from oshp.models.episode import EpisodeModel, check_image
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image
 from oshp.models.prototypes import MaskMode, cosine_similarity_maps
 
 __all__ = ["SGOneConfig", "SGOne", "SGOneHead", "SGOneSupport", "group_mean", "build"]
@@ -118,7 +118,7 @@ class SGOneHead(nn.Module):
 
 
 @dataclass
-class SGOneSupport:
+class SGOneSupport(CachedSupport):
     """A support encoded once (:meth:`SGOne.encode_support`) to parse many queries: classes and prototypes."""
 
     classes: list[list[int]]
@@ -126,17 +126,10 @@ class SGOneSupport:
     """Per sample, K_b x guide_dim prototypes of its classes (in the order of ``classes``)."""
     channels: int = 3
 
-    @property
-    def batch(self) -> int:
-        return len(self.classes)
-
     def expand(self, n: int) -> "SGOneSupport":
         """The cache for a query batch of ``n``: itself, or its one support repeated ``n`` times."""
-        if n == self.batch:
+        if not self.needs_repeat(n):
             return self
-        if self.batch != 1:
-            raise ValueError(f"the support cache holds {self.batch} supports but the query batch is {n}: encode one "
-                             f"support to share it across a batch, or one support per query")
         return SGOneSupport([list(self.classes[0]) for _ in range(n)], self.prototypes * n, self.channels)
 
 
