@@ -148,7 +148,7 @@ def shipped_backbone(backbone: str) -> Path:
     if backbone not in SHIPPED:
         raise ValueError(f"no synthetic-pretrained checkpoint ships for backbone {backbone!r} (only for "
                          f"{', '.join(SHIPPED)}); make one with `oshp pretrain --backbone {backbone} --out DIR` and "
-                         f"pass --backbone-weights DIR/{BACKBONE_FILE}")
+                         f"pass --backbone-weights DIR/{BACKBONE_FILE}, or --backbone-weights none to start from random weights")
     path = SHIPPED_DIR / SHIPPED[backbone]
     if not path.is_file():
         raise FileNotFoundError(f"the shipped checkpoint {path} is missing from this installation; regenerate it with "
