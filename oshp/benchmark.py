@@ -117,9 +117,11 @@ class BenchmarkSettings:
         self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
         if not self.batch_sizes or self.batch_sizes[0] < 1:
             raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}")
-        for name in ("ways", "iters", "train_steps"):
+        for name in ("ways", "iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_steps < 0:
+            raise ValueError(f"train_steps must be 0 (skip the training measurement) or more, got {self.train_steps}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}")
         if self.image_size is not None and self.image_size < 32:
@@ -581,6 +583,8 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
     # --- training: a fresh model, the profile's optimiser, a synthetic batch
     train_batch = s.train_batch or cfg.batch_size
     try:
+        if s.train_steps == 0:  # Table 5 needs inference only; a paper-size CPU training step takes a minute
+            raise _SkipTraining
         result["train"], train_flops = _bench_train(name, cfg, s, train_batch, batch_of, device, fast)
         log(f"  training: batch {train_batch}: {result['train']['pairs_per_s']:.3g} pairs/s")
     except RuntimeError as err:  # the failed step's tensors are released with its frame
@@ -588,6 +592,8 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
             raise
         result["train"], train_flops = {"batch": train_batch, "error": "out of memory"}, None
         log(f"  training: batch {train_batch}: out of memory")
+    except _SkipTraining:
+        result["train"], train_flops = {"batch": train_batch, "skipped": "train_steps=0"}, None
     _free(device)
 
     # --- floor and the ratios to it
@@ -613,6 +619,10 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
         [trn.get("peak_memory_mb")]
     result["peak_memory_mb"] = max((x for x in memory if x is not None), default=None)
     return result
+
+
+class _SkipTraining(Exception):
+    """Raised to skip the training measurement (``train_steps=0``)."""
 
 
 def _bench_train(name: str, cfg: TrainConfig, s: BenchmarkSettings, train_batch: int,

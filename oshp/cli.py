@@ -368,7 +368,8 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--sweep-budget", type=float, default=120.0, help="seconds per batch-size sweep (default: "
                    "%(default)s)")
     p.add_argument("--train-batch", type=int, default=None, help="episodes per training step (default: the profile's)")
-    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default: %(default)s)")
+    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default: %(default)s; 0 skips "
+                   "the training measurement)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too (no bf16 autocast, no channels-last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default off)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")

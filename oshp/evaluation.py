@@ -22,7 +22,7 @@ from .data.pairs import build_meta_test_pairs, load_pairs
 from .data.vocab import DatasetSpec, get_dataset
 from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
 from .training import (
-    CHECKPOINT, atomic_write_json, config_from_dict, device_name, load_checkpoint, load_model_state,
+    CHECKPOINT, atomic_write_json, config_from_dict, config_from_run, device_name, load_checkpoint, load_model_state,
     model_from_config, resolve_device, versions, _to_device,
 )
 
@@ -198,24 +198,13 @@ def read_metrics(run: str | Path) -> dict:
 
 def novel_parse_figure(run: str | Path, ds: ReleaseLayoutDataset, out: str | Path, pair_index: int = 0) -> Path:
     """One parse per novel class of the run's fold, from meta-test pair ``pair_index`` of that class (PNG ``out``)."""
-    from .inference import output_labels
     from .plotting import plot_parses
+    from .qualitative import pairs_of_class, predict_rows
 
-    cfg, model, device, _ = load_run_model(run)
+    cfg = config_from_run(run)
     pairs = default_test_pairs(ds)
-    chosen = [[p for p in pairs if p["class_id"] == c][pair_index] for c in ds.spec.novel_ids(cfg.fold)]
-    episodes = MetaTestEpisodes(ds, chosen, way=cfg.way)
-    rows = []
-    for i, pair in enumerate(chosen):
-        ep = episodes[i]
-        with torch.no_grad():
-            outputs = model(ep["query_image"][None].to(device), ep["support_image"][None].to(device),
-                            ep["support_label"][None].to(device), support_human=ep["support_human"][None].to(device))
-        to_img = lambda t: (t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)  # noqa: E731
-        support_mask = ep["support_label"].numpy().astype(np.uint8)
-        rows.append({"support": to_img(ep["support_image"]), "support_mask": support_mask,
-                     "query": to_img(ep["query_image"]), "pred": output_labels(model, outputs, support_mask),
-                     "target": ep["query_label"].numpy(),
-                     "caption": f"novel: {ds.spec.class_name(pair['class_id'])}"})
+    chosen = [pairs_of_class(pairs, c, 1, start=pair_index, distinct_queries=False)[0]
+              for c in ds.spec.novel_ids(cfg.fold)]
+    rows = predict_rows(run, ds, chosen, caption="novel: {class}")
     return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
                                                  f"novel classes parsed from one support")

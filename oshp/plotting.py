@@ -14,6 +14,7 @@ from matplotlib import colormaps
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from .data.layout import ReleaseLayoutDataset
 from .data.vocab import BACKGROUND, IGNORE_INDEX, DatasetSpec, merge_labels
@@ -118,40 +119,134 @@ def show_samples(dataset: ReleaseLayoutDataset, split: str = "train", count: int
     return out
 
 
-def plot_parses(rows: list[dict], spec: DatasetSpec, out: str | Path, title: str | None = None) -> Path:
+def _save(fig: Figure, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150, facecolor="white")
+    return out
+
+
+def _shown_classes(*labels: np.ndarray) -> set[int]:
+    return {int(c) for label in labels for c in np.unique(label) if c not in (BACKGROUND, IGNORE_INDEX)}
+
+
+def _panel(fig: Figure, rows: int, cols: int, index: int, image: np.ndarray, title: str | None = None,
+           ylabel: str | None = None):
+    ax = fig.add_subplot(rows, cols, index)
+    ax.imshow(image, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    if ylabel:
+        ax.set_ylabel(ylabel, fontsize=8)
+    return ax
+
+
+def _finish_grid(fig: Figure, spec: DatasetSpec, shown: set[int], rows: int, title: str | None, ncol: int) -> None:
+    handles = legend_handles(spec, sorted(shown))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), ncol), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    height = fig.get_figheight()
+    legend_rows = -(-len(handles) // ncol) if handles else 0
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - (0.45 if title else 0.3) / height,
+                        bottom=(0.25 + 0.22 * legend_rows) / height, wspace=0.04, hspace=0.08)
+
+
+def parses_figure(rows: list[dict], spec: DatasetSpec, title: str | None = None) -> Figure:
     """Episodes side by side: support with its mask, query, prediction, ground truth; one legend.
 
     Each row is a dict with ``support``, ``support_mask``, ``query`` (HxWx3 uint8 / HxW ids), ``pred``,
-    ``target`` (HxW OSHP ids) and optionally ``caption``. Used for the parses of Figs. 4-6.
+    ``target`` (HxW OSHP ids) and optionally ``caption``. Used for the parses of Figs. 4 and 6.
     """
     if not rows:
         raise ValueError("nothing to plot: no episodes")
     columns = ("support + mask", "query", "prediction", "ground truth")
-    fig = Figure(figsize=(2.4 * len(columns), 2.5 * len(rows) + 0.8), dpi=150)
+    fig = Figure(figsize=(2.4 * len(columns), 2.5 * len(rows) + 1.0), dpi=150)
     shown: set[int] = set()
     for r, row in enumerate(rows):
         # label maps as solid colours: an overlay tints clothing that already has a colour of its own
         panels = (overlay(row["support"], row["support_mask"], spec), row["query"],
                   colorize(row["pred"], spec), colorize(row["target"], spec))
-        for label in (row["support_mask"], row["pred"], row["target"]):
-            shown.update(int(c) for c in np.unique(label) if c not in (BACKGROUND, IGNORE_INDEX))
+        shown |= _shown_classes(row["support_mask"], row["pred"], row["target"])
         for c, panel in enumerate(panels):
-            ax = fig.add_subplot(len(rows), len(columns), r * len(columns) + c + 1)
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(columns[c], fontsize=9)
-            if c == 0 and row.get("caption"):
-                ax.set_ylabel(row["caption"], fontsize=8)
-    handles = legend_handles(spec, sorted(shown))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
+            _panel(fig, len(rows), len(columns), r * len(columns) + c + 1, panel, columns[c] if r == 0 else None,
+                   row.get("caption") if c == 0 else None)
+    _finish_grid(fig, spec, shown, len(rows), title, ncol=6)
+    return fig
+
+
+def plot_parses(rows: list[dict], spec: DatasetSpec, out: str | Path, title: str | None = None) -> Path:
+    """:func:`parses_figure`, saved as ``out`` (PNG)."""
+    return _save(parses_figure(rows, spec, title), out)
+
+
+def comparison_figure(rows: list[dict], spec: DatasetSpec, methods: list[str], title: str | None = None) -> Figure:
+    """Several methods on the same episodes (Fig. 5): support + mask, query, one column per method, ground truth.
+
+    Each row has ``support``, ``support_mask``, ``query``, ``target`` and ``preds`` (method name -> HxW ids).
+    """
+    if not rows:
+        raise ValueError("nothing to plot: no episodes")
+    columns = ["support + mask", "query", *methods, "ground truth"]
+    fig = Figure(figsize=(2.0 * len(columns), 2.1 * len(rows) + 1.0), dpi=150)
+    shown: set[int] = set()
+    for r, row in enumerate(rows):
+        missing = [m for m in methods if m not in row["preds"]]
+        if missing:
+            raise ValueError(f"row {r} has no prediction of {missing}")
+        panels = [overlay(row["support"], row["support_mask"], spec), row["query"],
+                  *(colorize(row["preds"][m], spec) for m in methods), colorize(row["target"], spec)]
+        shown |= _shown_classes(row["support_mask"], row["target"], *row["preds"].values())
+        for c, panel in enumerate(panels):
+            _panel(fig, len(rows), len(columns), r * len(columns) + c + 1, panel, columns[c] if r == 0 else None,
+                   row.get("caption") if c == 0 else None)
+    _finish_grid(fig, spec, shown, len(rows), title, ncol=8)
+    return fig
+
+
+def curves_figure(series: dict[str, tuple[list[float], list[float]]], *, xlabel: str, ylabel: str,
+                  title: str | None = None, styles: dict[str, dict] | None = None, ax=None) -> Figure:
+    """Line plot of named (x, y) series with markers, labelled axes and a legend (Fig. 7, loss curves)."""
+    if not series:
+        raise ValueError("nothing to plot: no series")
+    fig = ax.figure if ax is not None else Figure(figsize=(5.5, 3.6), dpi=150)
+    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    for name, (x, y) in series.items():
+        ax.plot(x, [float("nan") if v is None else v for v in y], marker="o", markersize=3, label=name,
+                **(styles or {}).get(name, {}))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def training_figure(history: list[dict], title: str | None = None) -> Figure:
+    """A run's per-epoch losses (left) and learning rate and held-out accuracies (right), from its log.jsonl."""
+    if not history:
+        raise ValueError("nothing to plot: the run's log has no epoch")
+    epochs = [h["epoch"] + 1 for h in history]
+    fig = Figure(figsize=(10, 3.6), dpi=150)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    losses = sorted({k for h in history for k in h if k.startswith("loss")})
+    curves_figure({k: (epochs, [h.get(k) for h in history]) for k in losses}, xlabel="epoch",
+                  ylabel="mean training loss", title="losses", ax=left)
+    accs = {name: (epochs, [h.get(key) for h in history]) for key, name in
+            (("val_mean_base_acc", "mean base-class acc (%)"), ("val_mean_novel_acc", "mean novel-class acc (%)"),
+             ("val_novel_miou", "novel mIoU (%)"), ("val_human_miou", "human mIoU (%)"))
+            if any(h.get(key) is not None for h in history)}
+    if accs:
+        curves_figure(accs, xlabel="epoch", ylabel="held-out episodes (%)", title="held-out accuracy", ax=right)
+    else:
+        curves_figure({"learning rate": (epochs, [h["lr"] for h in history])}, xlabel="epoch",
+                      ylabel="learning rate (end of epoch)", title="learning rate", ax=right)
     if title:
         fig.suptitle(title, fontsize=10)
-    height = 2.5 * len(rows) + 0.8
-    fig.subplots_adjust(left=0.05, right=0.99, top=1 - (0.45 if title else 0.3) / height, bottom=0.55 / height,
-                        wspace=0.04, hspace=0.08)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, facecolor="white")
-    return out
+    fig.tight_layout()
+    return fig

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Sequence
 
 from .methods import METHODS, get_method
 
-__all__ = ["paper_results", "paper_dataset_name", "main_table", "to_markdown", "to_csv", "to_latex", "write_table"]
+__all__ = ["paper_results", "paper_dataset_name", "main_table", "main_table_columns", "ablation_table",
+           "progressive_table", "complexity_table", "bounds_table", "to_markdown", "to_csv", "to_latex", "write_table"]
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.json"
 COLUMNS = {"k": ("novel_miou", "human_miou", "overall_acc"), "1": ("novel_miou", "human_miou", "binary_miou")}
@@ -135,3 +136,58 @@ def write_table(rows: Sequence[dict], columns: Sequence[str], stem: str | Path,
         path.write_text(text)
         out.append(path)
     return out
+
+
+def main_table_columns(way: str) -> tuple[list[str], list[str]]:
+    """Columns and headers of a Tables 1-3 layout: ours per fold and average, then the paper's average."""
+    label = lambda m: LABELS.get(m, m)  # noqa: E731
+    columns = ["method"] + [f"{m}_{f}" for m in COLUMNS[way] for f in ("fold1", "fold2", "ave")] + \
+        [f"paper_{m}_ave" for m in COLUMNS[way]]
+    headers = ["method"] + [f"{label(m)} {f}" for m in COLUMNS[way] for f in ("f1", "f2", "ave")] + \
+        [f"paper {label(m)}" for m in COLUMNS[way]]
+    return columns, headers
+
+
+def ablation_table(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """Table 4: ``results`` maps each row name ('AGM', 'NPM', 'DML', 'DML + WS', 'DML + WS + MT',
+    'DML + WS + MT + CL') to its metrics.json; ours beside the paper's ATR-OS fold-1 k-way numbers."""
+    paper = {r["method"]: r for r in paper_results()["ablation_table4"]["rows"]}
+    rows = []
+    for name, result in results.items():
+        ref = paper.get(name, {})
+        rows.append({"method": name, "novel_miou": result.get("novel_miou"), "base_miou": result.get("base_miou"),
+                     "human_miou": result.get("human_miou"), "paper_novel_miou": ref.get("novel_miou"),
+                     "paper_human_miou": ref.get("human_miou")})
+    return rows
+
+
+def progressive_table(progressive: dict, end_to_end: dict) -> list[dict[str, Any]]:
+    """Section 6.6: POPNet's progressive stages vs EOP-Net end to end without the contrastive loss."""
+    paper = {r["method"]: r for r in paper_results()["progressive_vs_end_to_end"]["rows"]}
+    return [{"method": name, "novel_miou": r.get("novel_miou"), "human_miou": r.get("human_miou"),
+             "paper_novel_miou": paper[name]["novel_miou"], "paper_human_miou": paper[name]["human_miou"]}
+            for name, r in (("Progressive", progressive), ("End-to-end", end_to_end))]
+
+
+def complexity_table(complexities: Sequence[dict], benchmark: dict | None = None) -> list[dict[str, Any]]:
+    """Table 5: parameters and inference GMACs (``oshp.complexity.complexity`` results) and the measured pairs per
+    second at batch 1 (an ``oshp.benchmark.run_benchmark`` result on some device), beside the paper's V100 row."""
+    paper = {r["method"]: r for r in paper_results()["complexity_table5"]["rows"]}
+    rows = []
+    for c in complexities:
+        m = get_method(c["method"])
+        ref = paper.get(m.display, {})
+        speed = ((benchmark or {}).get("pairs_per_s") or {}).get(m.name) or {}
+        rows.append({"method": m.display, "backbone": c.get("backbone"), "params_m": c["params_m"],
+                     "gmacs": c["gmacs"], "fps": speed.get("inference_batch1"),
+                     "fps_best": speed.get("inference_best"), "fps_cached": speed.get("cached_best"),
+                     "paper_params_m": ref.get("params_m"), "paper_gmacs": ref.get("gmacs"),
+                     "paper_fps": ref.get("fps")})
+    return rows
+
+
+def bounds_table(results: dict[str, dict]) -> list[dict[str, Any]]:
+    """What a run reaches between its bounds (issue #6): ``results`` maps a row name (e.g. 'scratch',
+    'pretrained', 'oracle', 'lower bound') to a metrics.json; novel, base and human mIoU (and Bi-mIoU for 1-way)."""
+    return [{"run": name, **{k: r.get(k) for k in ("novel_miou", "base_miou", "human_miou", "binary_miou")}}
+            for name, r in results.items()]
