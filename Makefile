@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine (Python 3.10+, no GPU, no conda needed):
 #   make demo   -- set up .venv, generate the synthetic dataset and draw a sample of it
 #   make test   -- set up .venv and run the test suite
+#   make reproduce -- every table and figure of the paper on the synthetic data (demo profile, ~30 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= data/synthetic
 FIGURES ?= figures
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test reproduce clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +25,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q --nbval tests notebooks
+
+reproduce: setup
+	$(BIN)/oshp reproduce --profile demo --data-root $(DATA) --figures $(FIGURES)
 
 clean:
 	rm -rf $(VENV) data/synthetic

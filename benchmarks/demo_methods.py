@@ -18,7 +18,7 @@ from pathlib import Path
 
 from oshp.evaluation import evaluate_run
 from oshp.methods import METHODS
-from oshp.tables import COLUMNS, main_table, to_markdown, write_table
+from oshp.tables import main_table, main_table_columns, to_markdown, write_table
 from oshp.training import make_config, train
 
 
@@ -59,11 +59,7 @@ def main() -> None:
                                                                           for r in results]}, indent=1) + "\n")
     for way in args.ways:
         rows = main_table(results, "atr", way, methods=[m for m in args.methods if way in METHODS[m].ways])
-        columns = ["method"] + [f"{m}_{f}" for m in COLUMNS[way] for f in ("fold1", "fold2", "ave")] + \
-                  [f"paper_{m}_ave" for m in COLUMNS[way]]
-        headers = ["method"] + [f"{m.replace('_miou', ' mIoU').replace('_acc', ' acc')} {f}" for m in COLUMNS[way]
-                                for f in ("f1", "f2", "ave")] + [f"paper {m.replace('_miou', ' mIoU').replace('_acc', ' acc')}" for m in
-                                                                 COLUMNS[way]]
+        columns, headers = main_table_columns(way)
         write_table(rows, columns, args.tables.with_name(f"{args.tables.name}_{way}way"), headers)
         print(f"\n{way}-way ({args.profile} profile, synthetic data; paper: ATR-OS averages)\n")
         print(to_markdown(rows, columns, headers))

@@ -405,6 +405,57 @@ def _run_benchmark(args) -> int:
     return 0
 
 
+def _add_reproduce(sub) -> None:
+    from .reproduce import NOTEBOOKS, PLANS
+    from .training import PROFILES
+
+    p = sub.add_parser(
+        "reproduce", help="train every run and execute every notebook: all tables and figures",
+        description="Regenerate every table and figure: trains the runs the notebooks need (skipping runs whose "
+                    "metrics exist, so an interrupted reproduction resumes), then executes notebooks/01-07 with "
+                    "papermill into OUT/notebooks, writing figures (PNG and PDF) and tables (Markdown, CSV, LaTeX) "
+                    "into --figures. Profiles: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items()))
+    p.add_argument("--profile", choices=tuple(PLANS), default="demo")
+    p.add_argument("--data-root", type=Path, default=None, help="dataset root (smoke/demo: synthetic data, generated "
+                   "when missing; paper: required, a prepared dataset or a folder holding atr/, lip/, cihp/)")
+    p.add_argument("--datasets", default=None, help="comma-separated datasets (default: the profile's; paper: "
+                   "atr,lip,cihp)")
+    p.add_argument("--out", type=Path, default=None, help="runs and executed notebooks (default: "
+                   "runs/reproduce/PROFILE)")
+    p.add_argument("--figures", type=Path, default=None, help="figures and tables (default: figures/ for demo, "
+                   "OUT/figures otherwise)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="runs trained at once (default: the profile's: demo 2)")
+    p.add_argument("--train-profile", choices=tuple(PROFILES), default=None,
+                   help="train every run with this training profile's full budget instead (e.g. demo: hours)")
+    p.add_argument("--notebooks", default=None, help=f"comma-separated subset, e.g. 03,05 (default: all of "
+                   f"{', '.join(n.split('_')[0] for n in NOTEBOOKS)})")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel for papermill (default: the notebooks' python3)")
+    p.set_defaults(func=_run_reproduce)
+
+
+def _run_reproduce(args) -> int:
+    from .reproduce import NOTEBOOKS, reproduce
+
+    chosen = None
+    if args.notebooks:
+        keys = [k.strip() for k in args.notebooks.split(",") if k.strip()]
+        chosen = [n for n in NOTEBOOKS if n.split("_")[0] in keys or n in keys]
+        unknown = set(keys) - {n.split("_")[0] for n in chosen} - set(chosen)
+        if unknown:
+            raise CliError(f"unknown notebooks {sorted(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+    figures = args.figures or (Path("figures") if args.profile == "demo" and not args.train_profile else None)
+    summary = reproduce(args.profile, out_dir=args.out, data_root=args.data_root, figures_dir=figures,
+                        datasets=args.datasets.split(",") if args.datasets else None, seed=args.seed,
+                        workers=args.workers, train_profile=args.train_profile, notebooks=chosen,
+                        kernel=args.kernel, progress=not args.quiet,
+                        log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
+    print(f"{summary['runs']} runs, {len(summary['notebooks'])} notebooks in {summary['wall_time_s']:.0f} s "
+          f"(data {summary['data_s']:.0f} s, runs {summary['runs_s']:.0f} s, notebooks {summary['notebooks_s']:.0f} s)")
+    print(f"figures and tables -> {summary['figures']}")
+    return 0
+
+
 class _SubcommandsWithCommonOptions:
     """Adds the shared options (--quiet, --debug) to every subcommand, so they go after its name."""
 
@@ -427,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
     for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_pretrain, _add_train, _add_evaluate,
-                _add_parse, _add_complexity, _add_benchmark):
+                _add_parse, _add_complexity, _add_benchmark, _add_reproduce):
         add(sub)
     return parser
 

@@ -146,11 +146,11 @@ def _panel(fig: Figure, rows: int, cols: int, index: int, image: np.ndarray, tit
 def _finish_grid(fig: Figure, spec: DatasetSpec, shown: set[int], rows: int, title: str | None, ncol: int) -> None:
     handles = legend_handles(spec, sorted(shown))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), ncol), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
     height = fig.get_figheight()
+    if title:  # a fixed gap in inches above the column titles, whatever the figure's height
+        fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     legend_rows = -(-len(handles) // ncol) if handles else 0
-    fig.subplots_adjust(left=0.05, right=0.99, top=1 - (0.45 if title else 0.3) / height,
+    fig.subplots_adjust(left=0.05, right=0.99, top=1 - (0.62 if title else 0.3) / height,
                         bottom=(0.25 + 0.22 * legend_rows) / height, wspace=0.04, hspace=0.08)
 
 

@@ -114,8 +114,9 @@ def images_with_classes(ds: ReleaseLayoutDataset, class_ids: Sequence[int], spli
 def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, support_id: str,
                  class_names: Sequence[str], device: str = "auto") -> dict:
     """Parse test image ``query_id`` into the classes ``class_names`` shown by test image ``support_id``'s mask
-    (the classes a user picks, as `oshp parse --classes` does); a figure row."""
-    from .data.vocab import merge_labels
+    (the classes a user picks, as `oshp parse --classes` does); a figure row whose ground truth keeps only those
+    classes (everything else is background for this episode)."""
+    from .data.vocab import merge_labels, restrict_to_classes
     from .evaluation import load_run_model
     from .inference import parse_arrays, prepare_support, support_classes_from_names
 
@@ -126,4 +127,5 @@ def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, suppo
     mask = prepare_support(ds.spec, support_raw, classes, f"support {support_id}", cfg.way)
     pred = parse_arrays(model, ds.spec, query, support, mask, dev)
     return {"support": support, "support_mask": mask, "query": query, "pred": pred,
-            "target": merge_labels(query_raw, ds.spec), "caption": ", ".join(class_names)}
+            "target": restrict_to_classes(merge_labels(query_raw, ds.spec), classes),
+            "caption": ", ".join(class_names)}
