@@ -305,10 +305,27 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
     return run
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, counter: Any, gpus: int) -> None:
+    """Each worker process: its share of the CPU threads and, on a machine with several GPUs, a GPU of its own
+    (worker i sees GPU i mod gpus), so that folds train in parallel, one per GPU."""
+    with counter.get_lock():
+        index = counter.value
+        counter.value += 1
+    gpu = worker_gpu(index, gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     import torch
 
     torch.set_num_threads(threads)
+
+
+def worker_gpu(index: int, gpus: int, visible: str | None = None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES value of worker ``index`` when ``gpus`` GPUs are visible (None: leave it alone).
+    An existing CUDA_VISIBLE_DEVICES list is honoured: the worker gets one of its entries."""
+    if gpus <= 1:
+        return None
+    listed = [d.strip() for d in visible.split(",") if d.strip()] if visible else [str(i) for i in range(gpus)]
+    return listed[index % len(listed)]
 
 
 def _ensure_in_worker(spec: RunSpec, plan: ReproducePlan, paths: Paths, lower: bool) -> tuple[RunSpec, float]:
@@ -339,9 +356,13 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     elif todo:
         from tqdm.auto import tqdm
 
+        import torch
+
         threads = max(1, (os.cpu_count() or 1) // workers)
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker_init,
-                                 initargs=(threads,)) as pool:
+        context = get_context("spawn")
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                                 initargs=(threads, context.Value("i", 0), gpus)) as pool:
             futures = [pool.submit(_ensure_in_worker, s, plan, paths, s in need_lower) for s in todo]
             with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, file=sys.stderr) as bar:
                 for future in as_completed(futures):

@@ -62,6 +62,12 @@ def test_notebook_runs_cover_every_table_and_share_runs():
         rp.notebook_runs("99")
 
 
+def test_each_worker_gets_its_own_gpu():
+    assert rp.worker_gpu(0, 1) is None and rp.worker_gpu(3, 0) is None  # one GPU or none: untouched
+    assert [rp.worker_gpu(i, 2) for i in range(3)] == ["0", "1", "0"]
+    assert [rp.worker_gpu(i, 2, "4,6") for i in range(2)] == ["4", "6"]
+
+
 def test_resolve_paths(tmp_path):
     smoke = rp.resolve_paths("smoke", out_dir=tmp_path / "out")
     assert smoke.data == {"atr": tmp_path / "out" / "data"} and smoke.figures == tmp_path / "out" / "figures"
