@@ -431,13 +431,15 @@ def all_runs(datasets: Sequence[str] = ("atr",), seed: int = 0) -> tuple[list[Ru
 
 # ----------------------------------------------------------------------------------------------- figures
 def save_figure(fig, stem: str | Path) -> list[Path]:
-    """A matplotlib figure as ``stem``.png (150 dpi) and ``stem``.pdf."""
+    """A matplotlib figure as ``stem``.png (150 dpi) and ``stem``.pdf, both byte-identical for identical figures
+    (no creation date in the PDF), so a reproduction changes only the files whose content changed."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for suffix in (".png", ".pdf"):
         path = stem.with_suffix(suffix)
-        fig.savefig(path, dpi=150, facecolor="white", bbox_inches="tight")
+        metadata = {"CreationDate": None} if suffix == ".pdf" else None
+        fig.savefig(path, dpi=150, facecolor="white", bbox_inches="tight", metadata=metadata)
         out.append(path)
     return out
 

@@ -197,6 +197,8 @@ def test_curves_and_training_figures(tmp_path):
     assert fig.axes[1].get_title() == "learning rate"
     paths = rp.save_figure(fig, tmp_path / "sub" / "curves")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    again = rp.save_figure(fig, tmp_path / "again")
+    assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]  # no timestamps: reproducible files
     with pytest.raises(ValueError, match="no epoch"):
         training_figure([])
 
