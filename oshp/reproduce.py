@@ -33,7 +33,8 @@ from .methods import METHODS, get_method
 
 __all__ = ["PLANS", "NOTEBOOKS", "ReproducePlan", "RunSpec", "VARIANTS", "get_plan", "repo_root", "resolve_paths",
            "prepare_data", "ensure_run", "ensure_runs", "load_result", "notebook_runs", "all_runs", "run_notebooks",
-           "reproduce", "save_figure", "notebook", "NotebookContext", "measure_table5"]
+           "reproduce", "save_figure", "notebook", "NotebookContext", "measure_table5",
+           "write_results"]
 
 NOTEBOOKS: tuple[str, ...] = (
     "01_tour.ipynb", "02_train_one_fold.ipynb", "03_tables_1_3.ipynb", "04_table4_ablation.ipynb",
@@ -528,3 +529,14 @@ def measure_table5(profile: str | ReproducePlan, *, ways: int = 5, device: str =
                           log=log, **t5.get("bench", {}))
     return {"complexities": complexities, "benchmark": bench, "profile": plan.name, "settings_from": source,
             "image_size": t5["image_size"], "ways": ways}
+
+
+def write_results(results: Sequence[dict], stem: str | Path, profile: str | ReproducePlan) -> Path:
+    """The per-run results behind a table as ``stem``.json, with the plan that produced them (results are data)."""
+    plan = get_plan(profile)
+    path = Path(stem).with_suffix(".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"profile": plan.name, "train_profile": plan.train_profile, "train_overrides": plan.train_overrides,
+               "eval_max_pairs": plan.eval_max_pairs, "units": "percent", "results": list(results)}
+    path.write_text(json.dumps(payload, indent=1) + "\n")
+    return path

@@ -216,3 +216,12 @@ def test_reproduce_cli_runs_one_notebook_with_papermill(tiny_synthetic, tmp_path
     summary = json.loads((out / "reproduce.json").read_text())
     assert summary["runs"] == 1 and summary["profile"] == "smoke"
     assert main(["reproduce", "--profile", "smoke", "--notebooks", "99", "--out", str(out)]) == 2
+
+
+def test_write_results_keeps_the_plan_beside_the_numbers(tmp_path):
+    path = rp.write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", "demo")
+    data = json.loads(path.read_text())
+    assert path.name == "runs.json" and data["results"] == [{"method": "eopnet", "novel_miou": 1.5}]
+    assert (data["train_profile"], data["train_overrides"], data["eval_max_pairs"]) == ("quick", {"epochs": 3,
+                                                                                               "pairs_per_epoch": 200},
+                                                                                       110)
