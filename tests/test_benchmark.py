@@ -69,6 +69,17 @@ def test_benchmark_rejects_bad_settings(tmp_path, capsys):
         run_benchmark(profile="smoke", batch_sizes=(0, 1))
 
 
+def test_training_measurement_can_be_skipped():
+    """Table 5 needs inference only: train_steps=0 skips the training step (a paper-size one takes a CPU minute)."""
+    with pytest.raises(ValueError, match="train_steps"):
+        run_benchmark(profile="smoke", train_steps=-1)
+    result = run_benchmark(profile="smoke", method="amp", batch_sizes=(1,), iters=1, warmup=0, train_steps=0,
+                           peak_matmul_n=128, fast_check_episodes=1, max_time_s=1.0)
+    amp = result["methods"]["amp"]
+    assert amp["train"]["skipped"] == "train_steps=0" and amp["pairs_per_s"]["train"] is None
+    assert amp["pairs_per_s"]["inference_batch1"] > 0 and amp["floor"]["train_flops"] is None
+
+
 def test_training_step_counts_more_flops_than_inference():
     model = model_from_config(make_config("smoke"), 18)
     batch = synthetic_batch(2, 64, 5)
