@@ -582,18 +582,17 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
 
     # --- training: a fresh model, the profile's optimiser, a synthetic batch
     train_batch = s.train_batch or cfg.batch_size
-    try:
-        if s.train_steps == 0:  # Table 5 needs inference only; a paper-size CPU training step takes a minute
-            raise _SkipTraining
-        result["train"], train_flops = _bench_train(name, cfg, s, train_batch, batch_of, device, fast)
-        log(f"  training: batch {train_batch}: {result['train']['pairs_per_s']:.3g} pairs/s")
-    except RuntimeError as err:  # the failed step's tensors are released with its frame
-        if not _is_oom(err):
-            raise
-        result["train"], train_flops = {"batch": train_batch, "error": "out of memory"}, None
-        log(f"  training: batch {train_batch}: out of memory")
-    except _SkipTraining:
+    if s.train_steps == 0:  # Table 5 needs inference only; a paper-size CPU training step takes a minute
         result["train"], train_flops = {"batch": train_batch, "skipped": "train_steps=0"}, None
+    else:
+        try:
+            result["train"], train_flops = _bench_train(name, cfg, s, train_batch, batch_of, device, fast)
+            log(f"  training: batch {train_batch}: {result['train']['pairs_per_s']:.3g} pairs/s")
+        except RuntimeError as err:  # the failed step's tensors are released with its frame
+            if not _is_oom(err):
+                raise
+            result["train"], train_flops = {"batch": train_batch, "error": "out of memory"}, None
+            log(f"  training: batch {train_batch}: out of memory")
     _free(device)
 
     # --- floor and the ratios to it
@@ -619,10 +618,6 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
         [trn.get("peak_memory_mb")]
     result["peak_memory_mb"] = max((x for x in memory if x is not None), default=None)
     return result
-
-
-class _SkipTraining(Exception):
-    """Raised to skip the training measurement (``train_steps=0``)."""
 
 
 def _bench_train(name: str, cfg: TrainConfig, s: BenchmarkSettings, train_batch: int,

@@ -420,10 +420,12 @@ def notebook_runs(notebook: str, datasets: Sequence[str] = ("atr",), seed: int =
     raise ValueError(f"unknown notebook {notebook!r}; notebooks: {', '.join(NOTEBOOKS)}")
 
 
-def all_runs(datasets: Sequence[str] = ("atr",), seed: int = 0) -> tuple[list[RunSpec], list[RunSpec]]:
+def all_runs(datasets: Sequence[str] = ("atr",), seed: int = 0,
+             notebooks: Sequence[str] | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
+    """The runs of several notebooks (default: all), each once, and those that also need the lower bound."""
     runs: list[RunSpec] = []
     lower: list[RunSpec] = []
-    for nb in NOTEBOOKS:
+    for nb in notebooks or NOTEBOOKS:
         r, lo = notebook_runs(nb, datasets, seed)
         runs += r
         lower += lo
@@ -485,18 +487,14 @@ def reproduce(profile: str = "demo", *, out_dir: str | Path | None = None, data_
     prepare_data(plan, paths, progress=progress)
     data_s = time.time() - started
     chosen = notebooks or NOTEBOOKS
-    runs, lower = [], []
-    for nb in chosen:
-        r, lo = notebook_runs(nb, list(paths.data), seed)
-        runs += r
-        lower += lo
+    runs, lower = all_runs(list(paths.data), seed, chosen)
     ensure_runs(runs, plan, paths, lower=lower, workers=workers, progress=progress)
     runs_s = time.time() - started - data_s
     executed = run_notebooks(profile, train_profile=train_profile, out_dir=paths.out, data_root=data_root,
                              figures_dir=paths.figures, datasets=list(paths.data), seed=seed, workers=workers,
                              notebooks=chosen, kernel=kernel, log=log)
     summary = {"profile": plan.name, "train_profile": plan.train_profile, "train_overrides": plan.train_overrides,
-               "runs": len(dict.fromkeys(runs)), "notebooks": [str(p) for p in executed], "figures": str(paths.figures),
+               "runs": len(runs), "notebooks": [str(p) for p in executed], "figures": str(paths.figures),
                "data_s": round(data_s, 1), "runs_s": round(runs_s, 1), "notebooks_s":
                round(time.time() - started - data_s - runs_s, 1), "wall_time_s": round(time.time() - started, 1),
                "cpu_count": os.cpu_count(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
