@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import BACKGROUND
+from oshp.models.episode import BACKGROUND, resolve_config
 from oshp.models.prototypes import MaskMode, masked_average_pooling
 from oshp.models.supervised import RawIdClassifierModel, check_options
 
@@ -150,9 +150,7 @@ class AMP(RawIdClassifierModel):
     (see the module docstring)."""
 
     def __init__(self, config: AMPConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else AMPConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, AMPConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight)
         self.config = cfg
         self.backbone = TimmFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights)

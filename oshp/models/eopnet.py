@@ -17,7 +17,6 @@ channels indexed by raw id.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +25,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
-from oshp.models.episode import BACKGROUND, LOW_LOGIT, CachedSupport, EpisodeModel, check_image
+from oshp.models.episode import BACKGROUND, LOW_LOGIT, CachedSupport, EpisodeModel, check_image, resolve_config
 from oshp.models.prototypes import (
     MaskMode,
     PrototypeMemory,
@@ -277,9 +276,7 @@ class EOPNet(EpisodeModel):
     """
 
     def __init__(self, config: EOPNetConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else EOPNetConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, EOPNetConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,

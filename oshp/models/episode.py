@@ -8,6 +8,9 @@ logits have two channels (background, the support's class).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,6 +28,13 @@ BACKGROUND = 0
 
 def is_int_tensor(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
+
+
+def resolve_config(config: Any, default_type: type, overrides: dict[str, Any]) -> Any:
+    """A model's configuration: ``config`` (or ``default_type``'s defaults) with keyword ``overrides`` applied, so
+    every model takes ``Model(config)``, ``Model(**fields)`` or both."""
+    cfg = config if config is not None else default_type()
+    return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
 def check_image(name: str, img: object) -> None:

@@ -40,7 +40,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import ConvBNReLU, DeepLabFeatures
-from oshp.models.episode import BACKGROUND
+from oshp.models.episode import BACKGROUND, resolve_config
 from oshp.models.prototypes import downsample_mask, masked_average_pooling
 from oshp.models.supervised import RawIdClassifierModel, check_options
 
@@ -127,9 +127,7 @@ class FineTuning(RawIdClassifierModel):
     """EOP-Net's embedding network, two conv layers and a raw-id classifier, fine-tuned per test pair (see module)."""
 
     def __init__(self, config: FineTuningConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else FineTuningConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, FineTuningConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,

@@ -42,7 +42,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import CachedSupport, EpisodeModel, check_image
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image, resolve_config
 from oshp.models.prototypes import cosine_similarity_maps, downsample_mask, masked_average_pooling
 
 __all__ = ["PANetConfig", "PANet", "PANetEncoder", "PANetSupport", "dilate_to_stride", "prototype_logits",
@@ -264,9 +264,7 @@ class PANet(EpisodeModel):
     """
 
     def __init__(self, config: PANetConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else PANetConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, PANetConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.encoder = PANetEncoder(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,

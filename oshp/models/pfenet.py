@@ -50,7 +50,7 @@ from torch import nn
 
 from oshp.losses import cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import EpisodeModel
+from oshp.models.episode import EpisodeModel, resolve_config
 
 __all__ = ["PFENetConfig", "PFENet", "FeatureEnrichment", "prior_mask", "weighted_gap", "bin_size", "build"]
 
@@ -205,9 +205,7 @@ class PFENet(EpisodeModel):
     """PFENet, 1-way (see the module docstring and :class:`PFENetConfig`)."""
 
     def __init__(self, config: PFENetConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else PFENetConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, PFENetConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = TimmFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,

@@ -57,7 +57,7 @@ from torch import nn
 from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
 from oshp.models.eopnet import AGMHead, NPMHead
-from oshp.models.episode import BACKGROUND, EpisodeModel
+from oshp.models.episode import BACKGROUND, EpisodeModel, resolve_config
 from oshp.models.prototypes import PrototypeMemory, TestPrototypes, cosine_similarity_maps, downsample_mask
 
 __all__ = ["POPNetConfig", "POPNet", "StageNetwork", "KnowledgeInfusion", "StagePlan", "build"]
@@ -248,9 +248,7 @@ class POPNet(EpisodeModel):
     """
 
     def __init__(self, config: POPNetConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else POPNetConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, POPNetConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.stage1 = StageNetwork(cfg, slots=2)

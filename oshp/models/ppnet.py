@@ -45,7 +45,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import EpisodeModel
+from oshp.models.episode import EpisodeModel, resolve_config
 from oshp.models.prototypes import downsample_mask, masked_average_pooling
 
 __all__ = ["PPNetConfig", "PPNet", "kmeans", "region_pixels", "part_prototypes", "part_scores",
@@ -199,9 +199,7 @@ class PPNet(EpisodeModel):
     """PPNet without its semantic branch, 1-way (see the module docstring and :class:`PPNetConfig`)."""
 
     def __init__(self, config: PPNetConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else PPNetConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, PPNetConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = TimmFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,

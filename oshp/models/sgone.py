@@ -47,7 +47,7 @@ from torch import nn
 
 from oshp.losses import cross_entropy
 from oshp.models.backbone import DeepLabFeatures
-from oshp.models.episode import CachedSupport, EpisodeModel, check_image
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image, resolve_config
 from oshp.models.prototypes import MaskMode, cosine_similarity_maps
 
 __all__ = ["SGOneConfig", "SGOne", "SGOneHead", "SGOneSupport", "group_mean", "build"]
@@ -137,9 +137,7 @@ class SGOne(EpisodeModel):
     """SG-One for k-way or 1-way OSHP (see the module docstring and :class:`SGOneConfig`)."""
 
     def __init__(self, config: SGOneConfig | None = None, **overrides: object) -> None:
-        cfg = config if config is not None else SGOneConfig()
-        if overrides:
-            cfg = dataclasses.replace(cfg, **overrides)
+        cfg = resolve_config(config, SGOneConfig, overrides)
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,
