@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from oshp.evaluation import evaluate_run
+from oshp.tables import mean_std
 from oshp.training import make_config, train
 
 METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
@@ -98,9 +99,9 @@ def main() -> None:
         train_s = statistics.fmean(r["train_s"] for r in rs)
         summary.append({"way": way, "fold": fold, "config": config, "seeds": [r["seed"] for r in rs],
                         "train_s": train_s, **stats})
-        cell = lambda s: "-" if s["mean"] is None else f"{s['mean']:.1f} ± {s['std']:.1f}"  # noqa: E731
-        print(f"| {way} | {fold} | {config} | {len(rs)} | {cell(stats['novel_miou'])} | {cell(stats['base_miou'])} | "
-              f"{cell(stats['human_miou'])} | {cell(stats['binary_miou'])} | {train_s:.0f} |")
+        print(f"| {way} | {fold} | {config} | {len(rs)} | {mean_std(stats['novel_miou'], False)} | "
+              f"{mean_std(stats['base_miou'], False)} | {mean_std(stats['human_miou'], False)} | "
+              f"{mean_std(stats['binary_miou'], False)} | {train_s:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                     "summary": summary, "runs": [{k: v for k, v in r.items() if k != "lower"}

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Sequence
 from .methods import METHODS, get_method
 
 __all__ = ["paper_results", "paper_dataset_name", "main_table", "main_table_columns", "ablation_table",
-           "progressive_table", "complexity_table", "bounds_table", "to_markdown", "to_csv", "to_latex", "write_table"]
+           "progressive_table", "complexity_table", "bounds_table", "mean_std", "seed_summary_markdown",
+           "to_markdown", "to_csv", "to_latex", "write_table"]
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.json"
 COLUMNS = {"k": ("novel_miou", "human_miou", "overall_acc"), "1": ("novel_miou", "human_miou", "binary_miou")}
@@ -191,3 +192,19 @@ def bounds_table(results: dict[str, dict]) -> list[dict[str, Any]]:
     'pretrained', 'oracle', 'lower bound') to a metrics.json; novel, base and human mIoU (and Bi-mIoU for 1-way)."""
     return [{"run": name, **{k: r.get(k) for k in ("novel_miou", "base_miou", "human_miou", "binary_miou")}}
             for name, r in results.items()]
+
+
+def mean_std(stats: dict, with_n: bool = True) -> str:
+    """'12.2 ± 3.0 (n=3)' from a ``{"mean", "std", "n"}`` summary over seeds; '-' when there is no value."""
+    if stats.get("mean") is None:
+        return "-"
+    text = f"{stats['mean']:.1f} ± {stats['std']:.1f}"
+    return f"{text} (n={stats['n']})" if with_n else text
+
+
+def seed_summary_markdown(summary: Sequence[dict]) -> str:
+    """The bounds over seeds (``benchmarks/pretraining_bounds.py``'s ``summary``) as a Markdown table."""
+    lines = ["| way | fold | run | novel | base | human |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['way']} | {r['fold']} | {r['config']} | {mean_std(r['novel_miou'])} | "
+              f"{mean_std(r['base_miou'])} | {mean_std(r['human_miou'])} |" for r in summary]
+    return "\n".join(lines)

@@ -45,3 +45,14 @@ def test_writers(tmp_path):
     assert r"A\_B \& C & 2.0 \\" in tex and tex.startswith(r"\begin{tabular}{lr}")
     paths = write_table(rows, ["method", "novel_miou"], tmp_path / "t" / "table")
     assert sorted(p.suffix for p in paths) == [".csv", ".md", ".tex"] and all(p.is_file() for p in paths)
+
+
+def test_seed_summaries_format_mean_and_spread():
+    from oshp.tables import mean_std, seed_summary_markdown
+
+    stats = {"mean": 12.24, "std": 3.0, "n": 3}
+    assert mean_std(stats) == "12.2 ± 3.0 (n=3)" and mean_std(stats, with_n=False) == "12.2 ± 3.0"
+    assert mean_std({"mean": None, "std": None, "n": 0}) == "-"
+    table = seed_summary_markdown([{"way": "k", "fold": 1, "config": "oracle", "novel_miou": stats,
+                                    "base_miou": stats, "human_miou": {"mean": None}}])
+    assert table.splitlines()[2] == "| k | 1 | oracle | 12.2 ± 3.0 (n=3) | 12.2 ± 3.0 (n=3) | - |"
