@@ -233,7 +233,10 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
 class Trainer:
     """Meta-trains one method on one fold; see the module docstring for what a run folder holds."""
 
-    def __init__(self, cfg: TrainConfig, out: str | Path, *, progress: bool = True) -> None:
+    def __init__(self, cfg: TrainConfig, out: str | Path, *, progress: bool = True, fast: bool | None = None) -> None:
+        """``fast``: bf16 autocast and channels-last. None (default) turns them on where they pay, with ``cfg.amp`` on
+        a CUDA device; True forces them on any device (CPU autocast runs bf16 too: the tests train the GPU path's
+        dtypes and memory format this way on machines without a GPU); False keeps fp32."""
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -244,7 +247,7 @@ class Trainer:
             if self.device.type == "cuda":
                 self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
                 torch.cuda.set_device(self.device)
-        self.fast = cfg.amp and self.device.type == "cuda"
+        self.fast = (cfg.amp and self.device.type == "cuda") if fast is None else bool(fast)
         self.ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
         self.ds.release_pools = cfg.release_pools
         cfg.dataset = self.ds.spec.key
