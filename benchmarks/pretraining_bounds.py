@@ -6,7 +6,7 @@ On the demo profile (EOP-Net on the synthetic data, 2-core CPU budget), for each
   (c) oracle      as (b), but the novel classes stay labelled in meta-training (not one-shot; the upper bound);
   (d) lower       model (b) with background predicted wherever it predicts a novel class (novel mIoU 0 by
                   construction; base and human mIoU show what ignoring novel classes costs).
-Runs go to --runs (one folder each, skipped when their metrics exist, so the script resumes), and every result to
+Runs go to --runs (one folder each, skipped when their metrics exist, continued from their last epoch when interrupted), and every result to
 --out (JSON), with the mean and standard deviation over seeds; a Markdown table is printed.
 
     .venv/bin/python benchmarks/pretraining_bounds.py --seeds 0 1 2
@@ -38,7 +38,7 @@ def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
                           pseudo_class_prob=args.pseudo if way == "k" and config != "oracle" else None,
                           val_pairs_per_class=0)
         started = time.time()
-        train(cfg, run, progress=False)
+        train(cfg, run, progress=False, resume=(run / "checkpoint.pt").is_file())  # an interrupted run continues
         print(f"  trained {run.name} in {time.time() - started:.0f} s", flush=True)
         evaluate_run(run, max_pairs=args.max_pairs, progress=False)
     result = {"metrics": json.loads(metrics_path.read_text())}

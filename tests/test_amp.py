@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toy import box_episode, overfit
+
 from oshp.evaluation import evaluate_run
 from oshp.methods import build_model
 from oshp.models.amp import AMP, adapt_weights, build, cosine_scores, fuse_levels, masked_proxies, pick_levels
@@ -153,30 +155,9 @@ def test_output_shapes(way):
 
 
 def test_overfits_one_episode():
-    model = tiny(dropout=0.0)
     g = torch.Generator().manual_seed(0)
-
-    def make():
-        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
-        lab = torch.zeros(1, 64, 64, dtype=torch.long)
-        lab[:, 8:40, 16:48] = 2
-        lab[:, 40:60, 20:44] = 4
-        lab[:, 20:32, 24:40] = 11
-        for c, ch in ((2, 0), (4, 1), (11, 2)):
-            img[:, ch][lab == c] += 1.0
-        return img, lab
-
-    q, ql = make()
-    s, sl = make()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    losses = []
-    for _ in range(30):
-        out = model(q, s, sl, query_label=ql)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    (q, ql), (s, sl) = box_episode(g), box_episode(g)
+    losses, out = overfit(tiny(dropout=0.0), q, s, sl, ql, steps=30, lr=2e-3)
     assert losses[-1] < 0.3 * losses[0], losses
     assert (out["pred"].argmax(1) == ql).float().mean().item() > 0.9
 

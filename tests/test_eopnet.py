@@ -10,6 +10,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from toy import box_episode, overfit
+
 from oshp.models import backbone as backbone_mod
 from oshp.models.backbone import DeepLabFeatures, _accepts_output_stride
 from oshp.models.eopnet import LOW_LOGIT, EOPNet, EOPNetConfig, NPMHead
@@ -279,33 +281,11 @@ def test_warmup_then_momentum_in_the_model():
 
 
 def test_overfits_one_episode():
-    model = tiny()
     g = torch.Generator().manual_seed(0)
-
-    def make():
-        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
-        lab = torch.zeros(1, 64, 64, dtype=torch.long)
-        lab[:, 8:40, 16:48] = 2
-        lab[:, 40:60, 20:44] = 4
-        lab[:, 20:32, 24:40] = 11
-        for c, ch in ((2, 0), (4, 1), (11, 2)):
-            img[:, ch][lab == c] += 1.0
-        return img, lab
-
-    q, ql = make()
-    s, sl = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(40):
-        out = model(q, s, sl, query_label=ql, epoch=1, max_epoch=2)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    (q, ql), (s, sl) = box_episode(g), box_episode(g)
+    losses, out = overfit(tiny(), q, s, sl, ql, steps=40, lr=1e-3, epoch=1, max_epoch=2)
     assert losses[-1] < 0.3 * losses[0], losses
-    acc = (out["npm"].argmax(1) == ql).float().mean().item()
-    assert acc > 0.9
+    assert (out["npm"].argmax(1) == ql).float().mean().item() > 0.9
 
 
 def test_bad_inputs_give_clear_errors():

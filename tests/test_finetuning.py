@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toy import box_episode, overfit
+
 from oshp.evaluation import evaluate_run
 from oshp.methods import build_model
 from oshp.models import finetuning as ft
@@ -151,30 +153,10 @@ def test_output_shapes(way):
 
 
 def test_overfits_one_episode():
-    model = tiny()
     g = torch.Generator().manual_seed(0)
-
-    def make():
-        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
-        lab = torch.zeros(1, 64, 64, dtype=torch.long)
-        lab[:, 8:40, 16:48] = 2
-        lab[:, 40:60, 20:44] = 4
-        lab[:, 20:32, 24:40] = 11
-        for c, ch in ((2, 0), (4, 1), (11, 2)):
-            img[:, ch][lab == c] += 1.0
-        return img, lab
-
-    q, ql = make()
-    s, sl = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # 14 unused rows' biases must fall (support CE, every row)
-    model.train()
-    losses = []
-    for _ in range(20):
-        out = model(q, s, sl, query_label=ql)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    (q, ql), (s, sl) = box_episode(g), box_episode(g)
+    # lr 1e-2: the 14 unused rows' biases must fall (support CE, every row)
+    losses, out = overfit(tiny(), q, s, sl, ql, steps=20, lr=1e-2)
     assert losses[-1] < 0.3 * losses[0], losses
     assert (out["pred"].argmax(1) == ql).float().mean().item() > 0.9
 

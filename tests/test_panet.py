@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from toy import box_episode, overfit
+
 from oshp.methods import build_model
 from oshp.models.panet import PANet, PANetConfig, alignment_loss, build, dilate_to_stride, prototype_logits
 
@@ -66,27 +68,9 @@ def test_output_shapes_train_eval_and_test_size():
 
 
 def test_overfits_one_episode():
-    model = tiny()
     g = torch.Generator().manual_seed(0)
-
-    def make():
-        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
-        lab = torch.zeros(1, 64, 64, dtype=torch.long)
-        lab[:, 8:40, 16:48] = 2
-        img[:, 0][lab == 2] += 1.0
-        return img, lab
-
-    q, ql = make()
-    s, sl = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(30):
-        out = model(q, s, sl, query_label=ql)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    (q, ql), (s, sl) = box_episode(g, (2,)), box_episode(g, (2,))
+    losses, out = overfit(tiny(), q, s, sl, ql, steps=30, lr=1e-3)
     assert losses[-1] < 0.3 * losses[0], losses
     assert (out["pred"].argmax(1) == (ql == 2).long()).float().mean().item() > 0.9
 

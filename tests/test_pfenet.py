@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from toy import flat_episode, overfit
+
 from oshp.methods import build_model
 from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, weighted_gap
 
@@ -142,20 +144,8 @@ def test_output_shapes_train_and_eval_with_other_support_size():
 def test_overfits_one_episode():
     """The default (frozen backbone): only the projections and the FEM learn, from a random tiny backbone."""
     model = tiny(reduce_dim=64)
-    g = torch.Generator().manual_seed(0)
-    img = 0.2 * torch.rand(1, 3, 64, 64, generator=g)
-    lab = torch.zeros(1, 64, 64, dtype=torch.long)
-    lab[:, 16:48, 20:44] = 5
-    img[:, 0][lab == 5] += 0.8
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(50):
-        out = model(img, img.flip(-1), lab.flip(-1), query_label=lab)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss_main"].item())
+    img, lab = flat_episode()
+    losses, _ = overfit(model, img, img.flip(-1), lab.flip(-1), lab, steps=50, lr=3e-3, loss_key="loss_main")
     assert losses[-1] < 0.5 * losses[0], losses
     model.eval()
     with torch.no_grad():

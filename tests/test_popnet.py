@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from toy import box_episode, overfit
+
 from oshp.evaluation import evaluate_run
 from oshp.methods import build_model, get_method
 from oshp.models.episode import LOW_LOGIT
@@ -164,29 +166,10 @@ def test_nearest_centroid_logits_by_hand():
 
 
 def test_overfits_one_episode():
-    model = tiny()
     g = torch.Generator().manual_seed(0)
-
-    def make():
-        img = 0.3 * torch.randn(1, 3, 64, 64, generator=g)
-        lab = torch.zeros(1, 64, 64, dtype=torch.long)
-        lab[:, 8:40, 16:48] = 2
-        lab[:, 40:60, 20:44] = 4
-        for c, ch in ((2, 0), (4, 1)):
-            img[:, ch][lab == c] += 1.0
-        return img.clamp(0, 1), lab
-
-    q, ql = make()
-    s, sl = make()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(40):  # stage-3 phase (stage 1 frozen), beta = 0.5
-        out = model(q, s, sl, query_label=ql, epoch=3, max_epoch=4)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss"].item())
+    (q, ql), (s, sl) = box_episode(g, (2, 4), clamp=True), box_episode(g, (2, 4), clamp=True)
+    # stage-3 phase (stage 1 frozen), beta = 0.5
+    losses, out = overfit(tiny(), q, s, sl, ql, steps=40, lr=1e-3, epoch=3, max_epoch=4)
     assert losses[-1] < 0.3 * losses[0], losses
     assert (out["pred"].argmax(1) == ql).float().mean().item() > 0.9
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from toy import flat_episode, overfit
+
 from oshp.methods import build_model
 from oshp.models.ppnet import PPNet, PPNetConfig, build, kmeans, part_prototypes, part_scores, region_pixels
 
@@ -127,20 +129,8 @@ def test_output_shapes_train_and_eval_with_other_support_size():
 
 def test_overfits_one_episode():
     model = tiny()
-    g = torch.Generator().manual_seed(0)
-    img = 0.2 * torch.rand(1, 3, 64, 64, generator=g)
-    lab = torch.zeros(1, 64, 64, dtype=torch.long)
-    lab[:, 16:48, 20:44] = 5
-    img[:, 0][lab == 5] += 0.8
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    losses = []
-    for _ in range(30):
-        out = model(img, img.flip(-1), lab.flip(-1), query_label=lab)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(out["loss_query"].item())
+    img, lab = flat_episode()
+    losses, _ = overfit(model, img, img.flip(-1), lab.flip(-1), lab, steps=30, lr=1e-3, loss_key="loss_query")
     assert losses[-1] < 0.5 * losses[0], losses
     model.eval()
     with torch.no_grad():

@@ -1,6 +1,5 @@
 """Synthetic pretraining (issue #6): creature episodes, `oshp pretrain`, loading its backbone, pseudo classes, bounds."""
 
-import json
 
 import numpy as np
 import pytest
