@@ -6,6 +6,9 @@ On the demo profile (EOP-Net on the synthetic data, 2-core CPU budget), for each
   (c) oracle      as (b), but the novel classes stay labelled in meta-training (not one-shot; the upper bound);
   (d) lower       model (b) with background predicted wherever it predicts a novel class (novel mIoU 0 by
                   construction; base and human mIoU show what ignoring novel classes costs).
+  (c') oracle-static-novel  model (c) scored with (b)'s test rule for the novel classes: the support's static
+                  prototype, not the memory that training filled (`oshp evaluate --static-novel`), so that (b) and (c')
+                  differ only in what they were trained on.
 Runs go to --runs (one folder each, skipped when their metrics exist, continued from their last epoch when interrupted), and every result to
 --out (JSON), with the mean and standard deviation over seeds; a Markdown table is printed.
 
@@ -46,6 +49,11 @@ def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
         if not lower_path.is_file():
             evaluate_run(run, max_pairs=args.max_pairs, progress=False, suppress_novel=True)
         result["lower"] = json.loads(lower_path.read_text())
+    if config == "oracle":
+        static_path = run / "metrics_static_novel.json"
+        if not static_path.is_file():
+            evaluate_run(run, max_pairs=args.max_pairs, progress=False, static_novel=True)
+        result["static_novel"] = json.loads(static_path.read_text())
     result["train_s"] = json.loads((run / "train.json").read_text())["wall_time_s"]
     return result
 
@@ -88,6 +96,9 @@ def main() -> None:
                     if config == "pretrained":
                         rows.append({"config": "lower", "fold": fold, "way": way, "seed": seed,
                                      "metrics": r["lower"], "train_s": r["train_s"]})
+                    if config == "oracle":
+                        rows.append({"config": "oracle-static-novel", "fold": fold, "way": way, "seed": seed,
+                                     "metrics": r["static_novel"], "train_s": r["train_s"]})
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["way"], r["fold"], r["config"]), []).append(r)
@@ -104,8 +115,9 @@ def main() -> None:
               f"{mean_std(stats['binary_miou'], False)} | {train_s:.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                                    "summary": summary, "runs": [{k: v for k, v in r.items() if k != "lower"}
-                                                                 for r in rows]}, indent=1) + "\n")
+                                    "summary": summary,
+                                    "runs": [{k: v for k, v in r.items() if k not in ("lower", "static_novel")}
+                                             for r in rows]}, indent=1) + "\n")
     print(f"\n-> {args.out}")
 
 

@@ -265,17 +265,21 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--max-pairs", type=int, default=None, help="evaluate at most this many pairs, spread over classes")
     p.add_argument("--suppress-novel", action="store_true", help="the lower bound: predict background wherever the "
                    "model predicts a novel class (writes RUN/metrics_suppress_novel.json)")
+    p.add_argument("--static-novel", action="store_true", help="novel classes from the support's static prototype "
+                   "even where training filled their memory (oracle runs of --label-novel: the test rule of one-shot "
+                   "runs; writes RUN/metrics_static_novel.json)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
-    from .evaluation import evaluate_run
+    from .evaluation import evaluate_run, metrics_name
     from .metrics import format_metrics_table
 
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
-                          device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel)
-    name = "metrics_suppress_novel.json" if args.suppress_novel else "metrics.json"
+                          device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel,
+                          static_novel=args.static_novel)
+    name = metrics_name(args.suppress_novel, args.static_novel)
     print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / name}")
     print(format_metrics_table(result))
     return 0

@@ -139,14 +139,38 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
     return cfg, model.to(dev).eval(), dev, ckpt
 
 
+def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int, ...], num_classes: int) -> int:
+    """Make every class-level prototype memory treat ``novel`` as never trained (returns how many memories it touched).
+
+    At test time a class whose memory slot was updated in training uses the memory (eq. 3), any other class the
+    support's static prototype (section 4.2). A one-shot run never updates its novel slots; an oracle run
+    (``label_novel``) does. Forgetting them scores an oracle's novel classes by the rule a one-shot run's novel classes
+    get, so that the two differ only in what they were trained on.
+    """
+    from .models.prototypes import PrototypeMemory
+
+    memories = [m for m in model.modules() if isinstance(m, PrototypeMemory) and m.num_slots == num_classes]
+    if not memories:
+        raise ValueError(f"{type(model).__name__} keeps no class prototype memory (only EOP-Net and POPNet do), so "
+                         "there is nothing to forget: evaluate it without --static-novel")
+    for memory in memories:
+        memory.num_updates[list(novel)] = 0
+    return len(memories)
+
+
 def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
                  max_pairs: int | None = None, device: str = "auto", progress: bool = True,
-                 suppress_novel: bool = False, out: str | Path | None = None) -> dict:
+                 suppress_novel: bool = False, static_novel: bool = False, out: str | Path | None = None) -> dict:
     """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``).
 
     ``suppress_novel``: the lower bound (background wherever a novel class would be predicted), see
     :func:`evaluate_episodes`; it is written to RUN/metrics_suppress_novel.json unless ``out`` says otherwise.
+    ``static_novel``: novel classes from the support's static prototype even where training filled their memory slots
+    (oracle runs; :func:`forget_novel_prototypes`); written to RUN/metrics_static_novel.json unless ``out`` says
+    otherwise. For a one-shot run it changes nothing.
     """
+    if suppress_novel and static_novel:
+        raise ValueError("choose one of suppress_novel and static_novel: they write different bounds")
     run = Path(run)
     cfg, model, dev, ckpt = load_run_model(run, device=device)
     ds = ReleaseLayoutDataset.open(data_root or cfg.data_root, cfg.dataset)
@@ -154,6 +178,8 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     if max_pairs:
         pair_list = _spread(pair_list, max_pairs)
     episodes = MetaTestEpisodes(ds, pair_list, way=cfg.way)
+    if static_novel:
+        forget_novel_prototypes(model, ds.spec.novel_ids(cfg.fold), ds.spec.num_raw_classes)
     started = time.time()
     metrics = evaluate_episodes(model, episodes, ds.spec, cfg.fold, cfg.way, dev, progress=progress,
                                 fast=cfg.amp and dev.type == "cuda", suppress_novel=suppress_novel)
@@ -166,11 +192,17 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "num_pairs": len(pair_list), "pairs": str(pairs) if pairs else "default meta-test pairs (oshp pairs)",
         "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
         "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
-        "units": "percent", "suppress_novel": suppress_novel,
+        "units": "percent", "suppress_novel": suppress_novel, "static_novel": static_novel,
     }
-    target = Path(out) if out else run / (METRICS if not suppress_novel else "metrics_suppress_novel.json")
+    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel)
     atomic_write_json(result, target)
     return result
+
+
+def metrics_name(suppress_novel: bool = False, static_novel: bool = False) -> str:
+    """The file in a run folder that an evaluation with these switches writes."""
+    return ("metrics_suppress_novel.json" if suppress_novel else "metrics_static_novel.json" if static_novel
+            else METRICS)
 
 
 def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:

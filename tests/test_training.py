@@ -288,3 +288,39 @@ def test_fast_path_is_off_on_cpu_unless_forced(tiny_synthetic, tmp_path):
     cfg = smoke(tiny_synthetic)
     assert cfg.amp and not Trainer(cfg, tmp_path / "a", progress=False).fast
     assert not Trainer(cfg, tmp_path / "b", progress=False, fast=False).fast
+
+
+def test_static_novel_scores_an_oracle_by_the_one_shot_rule(tiny_synthetic, tmp_path):
+    """An oracle (--label-novel) fills its novel memory slots; --static-novel forgets them, a one-shot run is unchanged."""
+    from oshp.evaluation import forget_novel_prototypes, load_run_model
+
+    opts = {"warmup_epochs": 1}  # epoch 1 of 2 makes momentum updates
+    oracle, one_shot = tmp_path / "oracle", tmp_path / "one_shot"
+    train(smoke(tiny_synthetic, label_novel=True, model_options=opts), oracle, progress=False)
+    train(smoke(tiny_synthetic, model_options=opts), one_shot, progress=False)
+    novel = [5, 6, 7]  # ATR fold 1
+    _, model, _, _ = load_run_model(oracle)
+    updates = model.fine_memory.num_updates
+    assert (updates[novel] > 0).any(), "the oracle should have trained a novel slot"
+    base_before = updates[[c for c in range(18) if c not in novel]].clone()
+    assert forget_novel_prototypes(model, novel, 18) == 1
+    assert (updates[novel] == 0).all() and torch.equal(updates[[c for c in range(18) if c not in novel]], base_before)
+
+    plain = evaluate_run(one_shot, max_pairs=4, progress=False)
+    assert (one_shot / "metrics.json").is_file()
+    same = evaluate_run(one_shot, max_pairs=4, progress=False, static_novel=True)
+    assert (one_shot / "metrics_static_novel.json").is_file() and same["static_novel"]
+    assert same["per_class_iou"] == plain["per_class_iou"]
+    with pytest.raises(ValueError, match="choose one"):
+        evaluate_run(one_shot, max_pairs=4, progress=False, static_novel=True, suppress_novel=True)
+    assert main(["evaluate", "--run", str(oracle), "--max-pairs", "4", "--static-novel", "--quiet"]) == 0
+    assert (oracle / "metrics_static_novel.json").is_file()
+
+
+def test_static_novel_needs_a_prototype_memory(tiny_synthetic, tmp_path):
+    from oshp.evaluation import forget_novel_prototypes
+    from oshp.methods import build_model
+
+    model = build_model("sgone", num_classes=18, way="k", backbone="mobilenetv3_small_050")
+    with pytest.raises(ValueError, match="keeps no class prototype memory"):
+        forget_novel_prototypes(model, [5, 6, 7], 18)
