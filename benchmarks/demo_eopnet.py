@@ -76,8 +76,8 @@ def main() -> None:
               "total_wall_time_s": round(time.time() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo_results.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"| way | fold | train time | novel mIoU | base mIoU | human mIoU | overall acc | Bi-mIoU | "
-          f"novel mIoU, background everywhere |")
+    print("| way | fold | train time | novel mIoU | base mIoU | human mIoU | overall acc | Bi-mIoU | "
+          "novel mIoU, background everywhere |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['way']}-way | {r['fold']} | {r['train_wall_time_s'] / 60:.1f} min | {fmt(r['novel_miou'])} | "

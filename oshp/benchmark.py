@@ -577,7 +577,7 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
         result["fast_path_check"] = {"source": "the benchmark's model (random weights), synthetic episodes",
                                      **fast_path_check(model, episodes, device, amp=fast, channels_last=fast,
                                                        compile=s.compile and fast)}
-    del episodes, model, net
+    episodes = model = net = None  # free them before training (not `del`: the closures above refer to them)
     _free(device)
 
     # --- training: a fresh model, the profile's optimiser, a synthetic batch
