@@ -282,27 +282,37 @@ def run_config(spec: RunSpec, plan: ReproducePlan, data_root: Path):
                        method=spec.method, seed=spec.seed, model_options=options, **values)
 
 
-def _done(run: Path, lower: bool) -> bool:
-    return (run / "metrics.json").is_file() and (not lower or (run / "metrics_suppress_novel.json").is_file())
+def _needs_static_novel(spec: RunSpec) -> bool:
+    """Oracle runs of prototype-memory models are also scored by the one-shot test rule (``--static-novel``)."""
+    return spec.variant == "oracle" and spec.method in ("eopnet", "popnet")
+
+
+def _done(run: Path, lower: bool, static_novel: bool = False) -> bool:
+    return ((run / "metrics.json").is_file() and (not lower or (run / "metrics_suppress_novel.json").is_file())
+            and (not static_novel or (run / "metrics_static_novel.json").is_file()))
 
 
 def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, lower: bool = False,
                progress: bool = True) -> Path:
-    """Train and evaluate one run unless its metrics exist (``lower``: also the lower-bound evaluation)."""
+    """Train and evaluate one run unless its metrics exist (``lower``: also the lower-bound evaluation; an oracle run
+    of EOP-Net or POPNet is also scored with its novel classes from the support, ``metrics_static_novel.json``)."""
     from .evaluation import evaluate_run
     from .training import train
 
     plan = get_plan(profile)
     run = paths.runs / spec.name
-    if _done(run, lower):
+    static_novel = _needs_static_novel(spec)
+    if _done(run, lower, static_novel):
         return run
     if not (run / "metrics.json").is_file():
         if not (run / "train.json").is_file():  # an interrupted run continues from its last epoch
             train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=(run / "checkpoint.pt").is_file(),
                   progress=progress)
         evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress)
-    if lower:
+    if lower and not (run / "metrics_suppress_novel.json").is_file():
         evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=True)
+    if static_novel and not (run / "metrics_static_novel.json").is_file():
+        evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, static_novel=True)
     return run
 
 
@@ -344,7 +354,7 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     specs = list(dict.fromkeys(specs))
     need_lower = set(lower)
     specs += [s for s in need_lower if s not in specs]
-    todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower)]
+    todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s))]
     workers = max(1, min(workers or plan.workers, len(todo) or 1))
     if todo and progress:
         print(f"{len(todo)} of {len(specs)} runs to train ({plan.name} profile, {workers} at a time) in {paths.runs}",
@@ -373,10 +383,13 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     return {s: paths.runs / s.name for s in specs}
 
 
-def load_result(run: str | Path, *, lower: bool = False) -> dict:
-    """A run's metrics.json (or the lower bound's) with its training wall time and variant added."""
+def load_result(run: str | Path, *, lower: bool = False, static_novel: bool = False) -> dict:
+    """A run's metrics.json (or the lower bound's, or an oracle's scored by the one-shot rule) with its training wall
+    time and variant added."""
+    from .evaluation import metrics_name
+
     run = Path(run)
-    path = run / ("metrics_suppress_novel.json" if lower else "metrics.json")
+    path = run / metrics_name(lower, static_novel)
     if not path.is_file():
         raise DatasetError(f"no {path.name} in {run}; train it with oshp.reproduce.ensure_run (or `oshp reproduce`)")
     result = json.loads(path.read_text())

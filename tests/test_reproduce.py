@@ -2,6 +2,7 @@
 papermill batch (`oshp reproduce`), and the figure/table builders the notebooks call."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,29 @@ def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
     assert rp.load_result(paths.runs / spec.name)["novel_miou"] == 1.0
     with pytest.raises(DatasetError, match="no metrics_suppress_novel.json"):
         rp.load_result(paths.runs / spec.name, lower=True)
+
+
+def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_path, monkeypatch):
+    import oshp.evaluation
+    import oshp.training
+
+    paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
+    oracle, plain_oracle = rp.RunSpec("eopnet", "k", 1, variant="oracle"), rp.RunSpec("amp", "k", 1, variant="oracle")
+    for spec in (oracle, plain_oracle):
+        (paths.runs / spec.name).mkdir(parents=True)
+        (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
+    monkeypatch.setattr(oshp.training, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    calls = []
+
+    def fake_evaluate(run, **kwargs):
+        calls.append((Path(run).name, kwargs.get("static_novel", False), kwargs.get("suppress_novel", False)))
+        (Path(run) / "metrics_static_novel.json").write_text(json.dumps({"novel_miou": 2.0}))
+
+    monkeypatch.setattr(oshp.evaluation, "evaluate_run", fake_evaluate)
+    rp.ensure_runs([oracle, plain_oracle], "smoke", paths, progress=False)
+    # AMP keeps no prototype memory: only EOP-Net's oracle is scored again, and only by the one-shot rule
+    assert calls == [(oracle.name, True, False)]
+    assert rp.load_result(paths.runs / oracle.name, static_novel=True)["novel_miou"] == 2.0
 
 
 @pytest.fixture(scope="module")
