@@ -39,16 +39,14 @@ KEYS = ("novel_miou", "base_miou", "human_miou")
 
 
 def score_supports(run: Path, max_pairs: int) -> list[dict]:
-    cfg, model, dev, _ = load_run_model(run, device="cpu")
+    cfg, _, _, _ = load_run_model(run, device="cpu")
     if cfg.way != "k" or cfg.method != "eopnet":
         raise SystemExit(f"{run} is a {cfg.way}-way {cfg.method} run; this diagnosis is for k-way EOP-Net runs")
     ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
     pairs = _spread(default_test_pairs(ds), max_pairs)
     rows = []
     for rule in ("memory", "static"):
-        for memory in (model.fine_memory, model.coarse_memory):
-            if memory is not None:
-                memory.test_prototypes = rule
+        _, model, dev, _ = load_run_model(run, device="cpu", options={"test_prototypes": rule})
         for support, chosen in (("other individual", pairs), ("the query itself", [dict(p, support=p["query"])
                                                                                      for p in pairs])):
             m = evaluate_episodes(model, MetaTestEpisodes(ds, chosen, way="k"), ds.spec, cfg.fold, "k", dev,

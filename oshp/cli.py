@@ -268,6 +268,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--static-novel", action="store_true", help="novel classes from the support's static prototype "
                    "even where training filled their memory (oracle runs of --label-novel: the test rule of one-shot "
                    "runs; writes RUN/metrics_static_novel.json)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a test-time model option for this evaluation only, e.g. test_prototypes=static (every class "
+                   "from the support: strict one-shot) or foreground_screening=true (the release's screening); "
+                   "written to RUN/metrics_KEY-VALUE.json")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_evaluate)
 
@@ -276,10 +280,11 @@ def _run_evaluate(args) -> int:
     from .evaluation import evaluate_run, metrics_name
     from .metrics import format_metrics_table
 
+    options = dict(_parse_option(o) for o in args.option)
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
                           device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel,
-                          static_novel=args.static_novel)
-    name = metrics_name(args.suppress_novel, args.static_novel)
+                          static_novel=args.static_novel, options=options)
+    name = metrics_name(args.suppress_novel, args.static_novel, options)
     print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / name}")
     print(format_metrics_table(result))
     return 0
@@ -492,10 +497,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .data.layout import DatasetError
     from .data.vocab import UnknownClassError
+    from .models.episode import UnknownOptionError
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, DatasetError, UnknownClassError, ValueError, FileNotFoundError, RuntimeError) as err:
+    except (CliError, DatasetError, UnknownClassError, UnknownOptionError, ValueError, FileNotFoundError,
+            RuntimeError) as err:
         if args.debug:
             raise
         print(f"oshp {args.command}: error: {err}", file=sys.stderr)

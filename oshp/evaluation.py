@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -124,8 +125,14 @@ def _nan_to_none(x: float) -> float | None:
     return None if not np.isfinite(x) else 100.0 * float(x)
 
 
-def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto"):
-    """(config, model in eval mode, device) of a run folder or a checkpoint file."""
+def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+                   options: dict[str, Any] | None = None):
+    """(config, model in eval mode, device, checkpoint) of a run folder or a checkpoint file.
+
+    ``options``: model options that replace the run's for this model only, e.g. ``{"test_prototypes": "static"}``
+    (every class from the support: strict one-shot) or ``{"foreground_screening": True}`` (the release's test rule).
+    Options that would change the weights (``embed_dim``, ``use_agm``, ...) are refused with a clear error.
+    """
     run = Path(run) if run is not None else None
     path = Path(checkpoint) if checkpoint else run / CHECKPOINT
     dev = resolve_device(device)
@@ -134,8 +141,17 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
     spec = get_dataset(cfg.dataset)
     # weights come from the checkpoint: never fetch or read the backbone's initial weights again
     cfg.pretrained, cfg.backbone_weights = False, None
+    if options:
+        cfg.model_options = {**cfg.model_options, **options}
     model = model_from_config(cfg, spec.num_raw_classes)
-    load_model_state(model, ckpt["model"], path)
+    try:
+        load_model_state(model, ckpt["model"], path)
+    except DatasetError as err:
+        if not options:
+            raise
+        raise DatasetError(f"the option(s) {sorted(options)} change the weights of the model in {path}, so they "
+                           f"cannot change at evaluation; only test-time options can (e.g. test_prototypes=static, "
+                           f"foreground_screening=true, restrict_to_support=false)") from err
     return cfg, model.to(dev).eval(), dev, ckpt
 
 
@@ -160,7 +176,8 @@ def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int
 
 def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
                  max_pairs: int | None = None, device: str = "auto", progress: bool = True,
-                 suppress_novel: bool = False, static_novel: bool = False, out: str | Path | None = None) -> dict:
+                 suppress_novel: bool = False, static_novel: bool = False, options: dict[str, Any] | None = None,
+                 out: str | Path | None = None) -> dict:
     """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``).
 
     ``suppress_novel``: the lower bound (background wherever a novel class would be predicted), see
@@ -168,11 +185,13 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     ``static_novel``: novel classes from the support's static prototype even where training filled their memory slots
     (oracle runs; :func:`forget_novel_prototypes`); written to RUN/metrics_static_novel.json unless ``out`` says
     otherwise. For a one-shot run it changes nothing.
+    ``options``: test-time model options for this evaluation only (:func:`load_run_model`); the file name says them
+    (e.g. RUN/metrics_test_prototypes-static.json).
     """
     if suppress_novel and static_novel:
         raise ValueError("choose one of suppress_novel and static_novel: they write different bounds")
     run = Path(run)
-    cfg, model, dev, ckpt = load_run_model(run, device=device)
+    cfg, model, dev, ckpt = load_run_model(run, device=device, options=options)
     ds = ReleaseLayoutDataset.open(data_root or cfg.data_root, cfg.dataset)
     pair_list = load_pairs(pairs) if pairs else default_test_pairs(ds)
     if max_pairs:
@@ -193,16 +212,20 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
         "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
         "units": "percent", "suppress_novel": suppress_novel, "static_novel": static_novel,
+        "eval_options": dict(options or {}),
     }
-    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel)
+    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options)
     atomic_write_json(result, target)
     return result
 
 
-def metrics_name(suppress_novel: bool = False, static_novel: bool = False) -> str:
-    """The file in a run folder that an evaluation with these switches writes."""
-    return ("metrics_suppress_novel.json" if suppress_novel else "metrics_static_novel.json" if static_novel
-            else METRICS)
+def metrics_name(suppress_novel: bool = False, static_novel: bool = False,
+                 options: dict[str, Any] | None = None) -> str:
+    """The file in a run folder that an evaluation with these switches (and test-time options) writes."""
+    stem = "metrics" + ("_suppress_novel" if suppress_novel else "_static_novel" if static_novel else "")
+    stem += "".join(f"_{key}-{str(value).lower() if isinstance(value, bool) else value}"
+                    for key, value in sorted((options or {}).items()))
+    return stem + ".json"
 
 
 def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:

@@ -47,7 +47,9 @@ class Method:
 def _build_eopnet(num_classes: int, way: str, backbone: str, pretrained: bool = False,
                   backbone_weights: str | None = None, **model_options) -> nn.Module:
     from .models.eopnet import EOPNet, EOPNetConfig
+    from .models.episode import check_options
 
+    check_options("EOP-Net", model_options, EOPNetConfig, {"ablation", "release_compat"})
     ablation = model_options.pop("ablation", None)
     release = model_options.pop("release_compat", False)
     fields = dict(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,

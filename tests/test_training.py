@@ -324,3 +324,24 @@ def test_static_novel_needs_a_prototype_memory(tiny_synthetic, tmp_path):
     model = build_model("sgone", num_classes=18, way="k", backbone="mobilenetv3_small_050")
     with pytest.raises(ValueError, match="keeps no class prototype memory"):
         forget_novel_prototypes(model, [5, 6, 7], 18)
+
+
+def test_evaluate_with_test_time_options_and_clear_errors_for_others(tiny_synthetic, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(smoke(tiny_synthetic, epochs=1, val_pairs_per_class=0), run, progress=False)
+    assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--option", "test_prototypes=static",
+                 "--option", "foreground_screening=true", "--quiet"]) == 0
+    written = run / "metrics_foreground_screening-true_test_prototypes-static.json"
+    result = json.loads(written.read_text())
+    assert result["eval_options"] == {"test_prototypes": "static", "foreground_screening": True}
+    assert result["config"]["model_options"]["test_prototypes"] == "static"
+    assert not (run / "metrics.json").exists()  # the standard evaluation is not overwritten
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--option", "embed_dim=8", "--quiet"]) == 2
+    assert "change the weights" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--option", "tesst_prototypes=static"]) == 2
+    assert "unknown EOP-Net option(s) ['tesst_prototypes']" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(tiny_synthetic.root), "--fold", "1", "--profile", "smoke", "--out",
+                 str(tmp_path / "x"),
+                 "--option", "warmup=1", "--quiet"]) == 2
+    assert "unknown EOP-Net option(s) ['warmup']" in capsys.readouterr().err

@@ -34,7 +34,6 @@ The fc6/fc7 part is the release's "reduced" FCN8s (``reduced_fcn8s``): one 1x1 c
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +41,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import BACKGROUND, resolve_config
+from oshp.models.episode import BACKGROUND, check_options, resolve_config
 from oshp.models.prototypes import MaskMode, masked_average_pooling
-from oshp.models.supervised import RawIdClassifierModel, check_options
+from oshp.models.supervised import RawIdClassifierModel
 
 __all__ = ["AMPConfig", "AMP", "build", "pick_levels", "masked_proxies", "adapt_weights", "cosine_scores",
            "fuse_levels"]
@@ -253,7 +252,6 @@ class AMP(RawIdClassifierModel):
 def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, backbone_weights: str | None = None,
           **options: object) -> AMP:
     """The registry's builder (``oshp.methods``): options are :class:`AMPConfig` fields."""
-    fixed = {"num_classes", "way", "backbone", "pretrained", "backbone_weights"}
-    check_options("AMP", options, {f.name for f in dataclasses.fields(AMPConfig)} - fixed)
+    check_options("AMP", options, AMPConfig)
     return AMP(AMPConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                          backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -30,6 +30,24 @@ def is_int_tensor(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
 
 
+BUILDER_ARGUMENTS = frozenset({"num_classes", "way", "backbone", "pretrained", "backbone_weights"})
+"""Config fields that every registry builder takes as its own arguments, never as model options."""
+
+
+class UnknownOptionError(TypeError):
+    """A model option the method does not have (a TypeError, as for an unknown keyword; the CLI reports it cleanly)."""
+
+
+def check_options(method: str, options: dict, config_type: type, extra: set[str] | frozenset[str] = frozenset()
+                  ) -> None:
+    """An :class:`UnknownOptionError` naming every option ``method`` does not know (and the ones it does): the
+    fields of its config dataclass other than :data:`BUILDER_ARGUMENTS`, plus ``extra``."""
+    known = {f.name for f in dataclasses.fields(config_type)} - BUILDER_ARGUMENTS | set(extra)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UnknownOptionError(f"unknown {method} option(s) {unknown}; known options: {sorted(known)}")
+
+
 def resolve_config(config: Any, default_type: type, overrides: dict[str, Any]) -> Any:
     """A model's configuration: ``config`` (or ``default_type``'s defaults) with keyword ``overrides`` applied, so
     every model takes ``Model(config)``, ``Model(**fields)`` or both."""

@@ -31,7 +31,6 @@ update).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -40,9 +39,9 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import ConvBNReLU, DeepLabFeatures
-from oshp.models.episode import BACKGROUND, resolve_config
+from oshp.models.episode import BACKGROUND, check_options, resolve_config
 from oshp.models.prototypes import downsample_mask, masked_average_pooling
-from oshp.models.supervised import RawIdClassifierModel, check_options
+from oshp.models.supervised import RawIdClassifierModel
 
 __all__ = ["FineTuningConfig", "FineTuning", "build", "finetune_head", "local_target"]
 
@@ -229,7 +228,6 @@ class FineTuning(RawIdClassifierModel):
 def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, backbone_weights: str | None = None,
           **options: object) -> FineTuning:
     """The registry's builder (``oshp.methods``): options are :class:`FineTuningConfig` fields."""
-    fixed = {"num_classes", "way", "backbone", "pretrained", "backbone_weights"}
-    check_options("Fine-Tuning", options, {f.name for f in dataclasses.fields(FineTuningConfig)} - fixed)
+    check_options("Fine-Tuning", options, FineTuningConfig)
     return FineTuning(FineTuningConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                                        backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -32,7 +32,6 @@ PANet in 1-way only, and so does this registry entry.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import timm
@@ -42,7 +41,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import CachedSupport, EpisodeModel, check_image, resolve_config
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import cosine_similarity_maps, downsample_mask, masked_average_pooling
 
 __all__ = ["PANetConfig", "PANet", "PANetEncoder", "PANetSupport", "dilate_to_stride", "prototype_logits",
@@ -361,10 +360,6 @@ def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, b
     ``options`` are :class:`PANetConfig` fields (scale, alignment, lambda_par, pooling, test_size, output_stride,
     final_relu, align_corners); anything else is a TypeError naming it.
     """
-    known = {f.name for f in dataclasses.fields(PANetConfig)} - {"num_classes", "way", "backbone", "pretrained",
-                                                                  "backbone_weights"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown PANet option(s) {unknown}; known: {sorted(known)}")
+    check_options("PANet", options, PANetConfig)
     return PANet(PANetConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                              backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -41,7 +41,6 @@ Parameters: 10.8 M trainable (the new layers at 256-d over 1536-d mid features),
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -50,7 +49,7 @@ from torch import nn
 
 from oshp.losses import cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import EpisodeModel, resolve_config
+from oshp.models.episode import EpisodeModel, check_options, resolve_config
 
 __all__ = ["PFENetConfig", "PFENet", "FeatureEnrichment", "prior_mask", "weighted_gap", "bin_size", "build"]
 
@@ -341,10 +340,6 @@ def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, b
     ``options`` are :class:`PFENetConfig` fields (freeze_backbone, reduce_dim, pyramid_bins, aux_weight,
     output_stride, mask_support_before_last_stage, prior_chunk, eval_size); anything else is a TypeError naming it.
     """
-    known = {f.name for f in dataclasses.fields(PFENetConfig)} - {"num_classes", "way", "backbone", "pretrained",
-                                                                   "backbone_weights"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown PFENet option(s) {unknown}; known: {sorted(known)}")
+    check_options("PFENet", options, PFENetConfig)
     return PFENet(PFENetConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                                backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

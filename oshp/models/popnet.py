@@ -44,7 +44,6 @@ per stage), which section 4.1's embedding network does not have (facts 3.9).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from torch import nn
 from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
 from oshp.models.eopnet import AGMHead, NPMHead
-from oshp.models.episode import BACKGROUND, EpisodeModel, resolve_config
+from oshp.models.episode import BACKGROUND, EpisodeModel, check_options, resolve_config
 from oshp.models.prototypes import PrototypeMemory, TestPrototypes, cosine_similarity_maps, downsample_mask
 
 __all__ = ["POPNetConfig", "POPNet", "StageNetwork", "KnowledgeInfusion", "StagePlan", "build"]
@@ -421,11 +420,7 @@ class POPNet(EpisodeModel):
 def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, backbone_weights: str | None = None,
           **options: object) -> POPNet:
     """Registry builder: :class:`POPNet` with :class:`POPNetConfig` fields as ``options``."""
-    reserved = {"num_classes", "way", "backbone", "pretrained", "backbone_weights"}
-    known = {f.name for f in dataclasses.fields(POPNetConfig)} - reserved
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown POPNet option(s) {unknown}; known options: {sorted(known)}")
+    check_options("POPNet", options, POPNetConfig)
     cfg = POPNetConfig(num_classes=num_classes, way=way, backbone=backbone,  # type: ignore[arg-type]
                        pretrained=pretrained, backbone_weights=backbone_weights, **options)  # type: ignore[arg-type]
     return POPNet(cfg)

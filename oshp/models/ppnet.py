@@ -35,7 +35,6 @@ release averages bilinearly upsampled features at input resolution: the same ave
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,7 +44,7 @@ from torch import nn
 
 from oshp.losses import IGNORE_INDEX, cross_entropy
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import EpisodeModel, resolve_config
+from oshp.models.episode import EpisodeModel, check_options, resolve_config
 from oshp.models.prototypes import downsample_mask, masked_average_pooling
 
 __all__ = ["PPNetConfig", "PPNet", "kmeans", "region_pixels", "part_prototypes", "part_scores",
@@ -328,10 +327,6 @@ def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, b
     output_stride, final_activation, foreground_upscale, min_region_cells, align_weight, eval_size); anything else is a
     TypeError naming it.
     """
-    known = {f.name for f in dataclasses.fields(PPNetConfig)} - {"num_classes", "way", "backbone", "pretrained",
-                                                                  "backbone_weights"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown PPNet option(s) {unknown}; known: {sorted(known)}")
+    check_options("PPNet", options, PPNetConfig)
     return PPNet(PPNetConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                              backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

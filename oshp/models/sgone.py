@@ -39,7 +39,6 @@ a single episode is fitted (tests/test_sgone.py). A residual (EOP-Net's eq. 5) d
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +46,7 @@ from torch import nn
 
 from oshp.losses import cross_entropy
 from oshp.models.backbone import DeepLabFeatures
-from oshp.models.episode import CachedSupport, EpisodeModel, check_image, resolve_config
+from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import MaskMode, cosine_similarity_maps
 
 __all__ = ["SGOneConfig", "SGOne", "SGOneHead", "SGOneSupport", "group_mean", "build"]
@@ -244,10 +243,6 @@ def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, b
     ``options`` are :class:`SGOneConfig` fields (guide_dim, seg_dim, output_stride, mask_downsample, align_corners);
     anything else is a TypeError naming it.
     """
-    known = {f.name for f in dataclasses.fields(SGOneConfig)} - {"num_classes", "way", "backbone", "pretrained",
-                                                                  "backbone_weights"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown SG-One option(s) {unknown}; known: {sorted(known)}")
+    check_options("SG-One", options, SGOneConfig)
     return SGOne(SGOneConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                              backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -23,14 +23,7 @@ import torch
 from oshp.losses import cross_entropy
 from oshp.models.episode import BACKGROUND, EpisodeModel
 
-__all__ = ["RawIdClassifierModel", "check_options"]
-
-
-def check_options(method: str, options: dict, known: set[str]) -> None:
-    """A TypeError naming every option ``method`` does not know (and the ones it does)."""
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise TypeError(f"unknown {method} option(s) {unknown}; known options: {sorted(known)}")
+__all__ = ["RawIdClassifierModel"]
 
 
 class RawIdClassifierModel(EpisodeModel):
