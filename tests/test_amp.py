@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toy import box_episode, overfit
+from toy import box_episode, overfit, random_episode
 
 from oshp.evaluation import evaluate_run
 from oshp.methods import build_model
@@ -30,17 +30,7 @@ def tiny(way: str = "k", **options) -> AMP:
 
 
 def episode(size: int = 64, batch: int = 2, way: str = "k"):
-    g = torch.Generator().manual_seed(0)
-    q = torch.rand(batch, 3, size, size, generator=g)
-    s = torch.rand(batch, 3, size, size, generator=g)
-    sl = torch.zeros(batch, size, size, dtype=torch.long)
-    sl[:, 8:30, 10:40] = 2
-    if way == "k":
-        sl[0, 36:60, 8:30] = 4
-    sl[:, 0:3, 0:3] = 255
-    ql = sl.clone()
-    ql[:, 40:50, 40:60] = 11
-    return q, s, sl, ql
+    return random_episode(size, batch, second_class=way == "k")
 
 
 # ---------------------------------------------------------------------------------------------------- mechanism

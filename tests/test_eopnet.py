@@ -10,7 +10,7 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from toy import box_episode, overfit
+from toy import box_episode, overfit, random_episode
 
 from oshp.models import backbone as backbone_mod
 from oshp.models.backbone import DeepLabFeatures, _accepts_output_stride
@@ -34,18 +34,8 @@ def tiny(**kw) -> EOPNet:
 
 
 def episode(seed: int = 0, size: int = 64, batch: int = 2):
-    """Random images; support has classes 2 and 4 (sample 0) / 2 only (sample 1); query also has 2, 4 and 11."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(batch, 3, size, size, generator=g)
-    s = torch.randn(batch, 3, size, size, generator=g)
-    sl = torch.zeros(batch, size, size, dtype=torch.long)
-    sl[:, 8:30, 10:40] = 2
-    sl[0, 36:60, 8:30] = 4
-    sl[:, 0:3, 0:3] = 255
-    ql = sl.clone()
-    ql[:, 40:50, 40:60] = 11
-    ql[1, 36:60, 8:30] = 4
-    return q, s, sl, ql
+    """Random normal images; support has classes 2 and 4 (sample 0) / 2 only (sample 1); query also has 2, 4 and 11."""
+    return random_episode(size, batch, seed, normal=True, query_second_class=True)
 
 
 # ---------------------------------------------------------------------------------------------------- prototypes

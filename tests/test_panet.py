@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from toy import box_episode, overfit
+from toy import box_episode, overfit, random_episode
 
 from oshp.methods import build_model
 from oshp.models.panet import PANet, PANetConfig, alignment_loss, build, dilate_to_stride, prototype_logits
@@ -27,16 +27,7 @@ def tiny(**kw) -> PANet:
 
 def episode(size: int = 64, batch: int = 2):
     """1-way: class 2 in both supports; the query also holds 4 and 11 (background for this episode)."""
-    g = torch.Generator().manual_seed(0)
-    q = torch.rand(batch, 3, size, size, generator=g)
-    s = torch.rand(batch, 3, size, size, generator=g)
-    sl = torch.zeros(batch, size, size, dtype=torch.long)
-    sl[:, 8:30, 10:40] = 2
-    sl[:, 0:3, 0:3] = 255
-    ql = sl.clone()
-    ql[:, 40:50, 40:60] = 11
-    ql[1, 36:60, 8:30] = 4
-    return q, s, sl, ql
+    return random_episode(size, batch, second_class=False, query_second_class=True)
 
 
 def log1pexp(x: float) -> float:

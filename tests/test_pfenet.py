@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from toy import flat_episode, overfit
+from toy import box_of_five_episode, flat_episode, overfit
 
 from oshp.methods import build_model
 from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, weighted_gap
@@ -24,13 +24,7 @@ def tiny(**kw) -> PFENet:
 
 
 def episode(size: int = 64, batch: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    q = torch.rand(batch, 3, size, size, generator=g)
-    s = torch.rand(batch, 3, size, size, generator=g)
-    sl = torch.zeros(batch, size, size, dtype=torch.long)
-    sl[:, 10:40, 12:44] = 5
-    sl[:, 0:2] = 255
-    return q, s, sl, sl.clone()
+    return box_of_five_episode(size, batch, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- prior

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toy import box_episode, overfit
+from toy import box_episode, overfit, random_episode
 
 from oshp.evaluation import evaluate_run
 from oshp.methods import build_model, get_method
@@ -29,16 +29,7 @@ def tiny(**kw) -> POPNet:
 
 def episode(seed: int = 0, size: int = 64, batch: int = 2):
     """Random images; support classes 2 and 4 (sample 0) / 2 (sample 1); the query also shows 11."""
-    g = torch.Generator().manual_seed(seed)
-    q = torch.rand(batch, 3, size, size, generator=g)
-    s = torch.rand(batch, 3, size, size, generator=g)
-    sl = torch.zeros(batch, size, size, dtype=torch.long)
-    sl[:, 8:30, 10:40] = 2
-    sl[0, 36:60, 8:30] = 4
-    sl[:, 0:3, 0:3] = 255
-    ql = sl.clone()
-    ql[:, 40:50, 40:60] = 11
-    return q, s, sl, ql
+    return random_episode(size, batch, seed)
 
 
 @pytest.mark.parametrize("way", ["k", "1"])

@@ -58,3 +58,40 @@ def flat_episode(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     lab[:, 16:48, 20:44] = 5
     img[:, 0][lab == 5] += 0.8
     return img, lab
+
+
+def random_episode(size: int = 64, batch: int = 2, seed: int = 0, *, normal: bool = False, second_class: bool = True,
+                   query_second_class: bool = False) -> tuple[torch.Tensor, ...]:
+    """Shape tests' episode: random images (uniform, or normal with ``normal``) and rectangles of classes.
+
+    Every support holds class 2 and a 3 x 3 ignore corner; ``second_class`` adds class 4 to sample 0's support (a
+    k-way episode with two different class sets). The query labels copy the support's and add class 11 (a class no
+    support shows); ``query_second_class`` also puts class 4 into sample 1's query. Returns (query, support,
+    support_label, query_label).
+    """
+    g = torch.Generator().manual_seed(seed)
+    draw = torch.randn if normal else torch.rand
+    q = draw(batch, 3, size, size, generator=g)
+    s = draw(batch, 3, size, size, generator=g)
+    sl = torch.zeros(batch, size, size, dtype=torch.long)
+    sl[:, 8:30, 10:40] = 2
+    if second_class:
+        sl[0, 36:60, 8:30] = 4
+    sl[:, 0:3, 0:3] = 255
+    ql = sl.clone()
+    ql[:, 40:50, 40:60] = 11
+    if query_second_class:
+        ql[1, 36:60, 8:30] = 4
+    return q, s, sl, ql
+
+
+def box_of_five_episode(size: int = 64, batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """1-way shape tests' episode: random uniform images, class 5 in the same box of support and query, the top two
+    rows ignored. Returns (query, support, support_label, query_label)."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.rand(batch, 3, size, size, generator=g)
+    s = torch.rand(batch, 3, size, size, generator=g)
+    sl = torch.zeros(batch, size, size, dtype=torch.long)
+    sl[:, 10:40, 12:44] = 5
+    sl[:, 0:2] = 255
+    return q, s, sl, sl.clone()
