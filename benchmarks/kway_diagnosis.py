@@ -39,7 +39,7 @@ KEYS = ("novel_miou", "base_miou", "human_miou")
 
 
 def score_supports(run: Path, max_pairs: int) -> list[dict]:
-    cfg, _, _, _ = load_run_model(run, device="cpu")
+    cfg = config_from_run(run)
     if cfg.way != "k" or cfg.method != "eopnet":
         raise SystemExit(f"{run} is a {cfg.way}-way {cfg.method} run; this diagnosis is for k-way EOP-Net runs")
     ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)

@@ -287,16 +287,22 @@ def _needs_static_novel(spec: RunSpec) -> bool:
     return spec.variant == "oracle" and spec.method in ("eopnet", "popnet")
 
 
+def _evaluations(lower: bool, static_novel: bool) -> list[tuple[bool, bool]]:
+    """The (suppress_novel, static_novel) evaluations a run needs: the plain one, and the bounds asked for."""
+    return [(False, False)] + [(True, False)] * lower + [(False, True)] * static_novel
+
+
 def _done(run: Path, lower: bool, static_novel: bool = False) -> bool:
-    return ((run / "metrics.json").is_file() and (not lower or (run / "metrics_suppress_novel.json").is_file())
-            and (not static_novel or (run / "metrics_static_novel.json").is_file()))
+    from .evaluation import metrics_name
+
+    return all((run / metrics_name(*e)).is_file() for e in _evaluations(lower, static_novel))
 
 
 def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, lower: bool = False,
                progress: bool = True) -> Path:
     """Train and evaluate one run unless its metrics exist (``lower``: also the lower-bound evaluation; an oracle run
     of EOP-Net or POPNet is also scored with its novel classes from the support, ``metrics_static_novel.json``)."""
-    from .evaluation import evaluate_run
+    from .evaluation import evaluate_run, metrics_name
     from .training import train
 
     plan = get_plan(profile)
@@ -304,15 +310,14 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
     static_novel = _needs_static_novel(spec)
     if _done(run, lower, static_novel):
         return run
-    if not (run / "metrics.json").is_file():
-        if not (run / "train.json").is_file():  # an interrupted run continues from its last epoch
-            train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=(run / "checkpoint.pt").is_file(),
-                  progress=progress)
-        evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress)
-    if lower and not (run / "metrics_suppress_novel.json").is_file():
-        evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=True)
-    if static_novel and not (run / "metrics_static_novel.json").is_file():
-        evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, static_novel=True)
+    if not (run / "metrics.json").is_file() and not (run / "train.json").is_file():
+        # an interrupted run continues from its last epoch
+        train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=(run / "checkpoint.pt").is_file(),
+              progress=progress)
+    for suppress, static in _evaluations(lower, static_novel):
+        if not (run / metrics_name(suppress, static)).is_file():
+            evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=suppress,
+                         static_novel=static)
     return run
 
 
