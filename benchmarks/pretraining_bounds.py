@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from oshp.evaluation import evaluate_run
+from oshp.evaluation import evaluate_run, metrics_name
 from oshp.tables import mean_std
 from oshp.training import make_config, train
 
@@ -31,10 +31,17 @@ METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
 CONFIGS = ("scratch", "pretrained", "oracle")
 
 
+def evaluation(run: Path, args, **switches: bool) -> dict:
+    """A finished run's metrics with these evaluate_run switches; evaluated once, then read from the run folder."""
+    path = run / metrics_name(**switches)
+    if not path.is_file():
+        evaluate_run(run, max_pairs=args.max_pairs, progress=False, **switches)
+    return json.loads(path.read_text())
+
+
 def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
     run = args.runs / f"{config}_f{fold}_{way}way_s{seed}"
-    metrics_path, lower_path = run / "metrics.json", run / "metrics_suppress_novel.json"
-    if not metrics_path.is_file():
+    if not (run / "metrics.json").is_file() and not (run / "train.json").is_file():
         cfg = make_config(args.profile, data_root=str(args.data_root), fold=fold, way=way, seed=seed,
                           backbone_weights="none" if config == "scratch" else args.weights,
                           label_novel=config == "oracle", epochs=args.epochs, pairs_per_epoch=args.pairs_per_epoch,
@@ -43,17 +50,11 @@ def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
         started = time.time()
         train(cfg, run, progress=False, resume=(run / "checkpoint.pt").is_file())  # an interrupted run continues
         print(f"  trained {run.name} in {time.time() - started:.0f} s", flush=True)
-        evaluate_run(run, max_pairs=args.max_pairs, progress=False)
-    result = {"metrics": json.loads(metrics_path.read_text())}
+    result = {"metrics": evaluation(run, args)}
     if config == "pretrained":
-        if not lower_path.is_file():
-            evaluate_run(run, max_pairs=args.max_pairs, progress=False, suppress_novel=True)
-        result["lower"] = json.loads(lower_path.read_text())
+        result["lower"] = evaluation(run, args, suppress_novel=True)
     if config == "oracle":
-        static_path = run / "metrics_static_novel.json"
-        if not static_path.is_file():
-            evaluate_run(run, max_pairs=args.max_pairs, progress=False, static_novel=True)
-        result["static_novel"] = json.loads(static_path.read_text())
+        result["static_novel"] = evaluation(run, args, static_novel=True)
     result["train_s"] = json.loads((run / "train.json").read_text())["wall_time_s"]
     return result
 
