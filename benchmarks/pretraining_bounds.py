@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from oshp.evaluation import evaluate_run, metrics_name
-from oshp.tables import mean_std
+from oshp.tables import bounds_by_setting_markdown, mean_std
 from oshp.training import make_config, train
 
 METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
@@ -114,6 +114,7 @@ def main() -> None:
         print(f"| {way} | {fold} | {config} | {len(rs)} | {mean_std(stats['novel_miou'], False)} | "
               f"{mean_std(stats['base_miou'], False)} | {mean_std(stats['human_miou'], False)} | "
               f"{mean_std(stats['binary_miou'], False)} | {train_s:.0f} |")
+    print("\nnovel / base / human mIoU, mean ± std over n seeds\n" + bounds_by_setting_markdown(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                                     "summary": summary,

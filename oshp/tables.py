@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 from .methods import METHODS, get_method
 
 __all__ = ["paper_results", "paper_dataset_name", "main_table", "main_table_columns", "ablation_table",
-           "progressive_table", "complexity_table", "bounds_table", "mean_std", "seed_summary_markdown",
+           "progressive_table", "complexity_table", "bounds_table", "mean_std", "bounds_by_setting_markdown",
            "to_markdown", "to_csv", "to_latex", "write_table"]
 
 REFERENCE = Path(__file__).parent / "reference" / "paper_results.json"
@@ -202,9 +202,22 @@ def mean_std(stats: dict, with_n: bool = True) -> str:
     return f"{text} (n={stats['n']})" if with_n else text
 
 
-def seed_summary_markdown(summary: Sequence[dict]) -> str:
-    """The bounds over seeds (``benchmarks/pretraining_bounds.py``'s ``summary``) as a Markdown table."""
-    lines = ["| way | fold | run | novel | base | human |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['way']} | {r['fold']} | {r['config']} | {mean_std(r['novel_miou'])} | "
-              f"{mean_std(r['base_miou'])} | {mean_std(r['human_miou'])} |" for r in summary]
+BOUND_COLUMNS = (("scratch", "(a) scratch"), ("pretrained", "(b) pretrained"), ("oracle", "(c) oracle"),
+                 ("oracle-static-novel", "(c') oracle, novel from the support"), ("lower", "(d) lower bound"))
+
+
+def bounds_by_setting_markdown(summary: Sequence[dict]) -> str:
+    """The bounds over seeds as the README shows them: a row per way and fold, a column per bound, each cell
+    'novel / base / human' mean ± std (1-way: with the Bi-mIoU mean) and its number of seeds."""
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in summary:
+        text = " / ".join(mean_std(r[m], with_n=False) for m in ("novel_miou", "base_miou", "human_miou"))
+        if r["way"] == "1" and (r.get("binary_miou") or {}).get("mean") is not None:
+            text += f" (Bi {r['binary_miou']['mean']:.1f})"
+        cells.setdefault((r["way"], r["fold"]), {})[r["config"]] = f"{text}, n={r['novel_miou']['n']}"
+    columns = [(key, label) for key, label in BOUND_COLUMNS if any(key in row for row in cells.values())]
+    lines = ["| way | fold | " + " | ".join(label for _, label in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    lines += [f"| {way} | {fold} | " + " | ".join(row.get(key, "not run") for key, _ in columns) + " |"
+              for (way, fold), row in cells.items()]
     return "\n".join(lines)

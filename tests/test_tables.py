@@ -47,12 +47,27 @@ def test_writers(tmp_path):
     assert sorted(p.suffix for p in paths) == [".csv", ".md", ".tex"] and all(p.is_file() for p in paths)
 
 
-def test_seed_summaries_format_mean_and_spread():
-    from oshp.tables import mean_std, seed_summary_markdown
+def test_mean_std_formats_mean_and_spread():
+    from oshp.tables import mean_std
 
     stats = {"mean": 12.24, "std": 3.0, "n": 3}
     assert mean_std(stats) == "12.2 ± 3.0 (n=3)" and mean_std(stats, with_n=False) == "12.2 ± 3.0"
     assert mean_std({"mean": None, "std": None, "n": 0}) == "-"
-    table = seed_summary_markdown([{"way": "k", "fold": 1, "config": "oracle", "novel_miou": stats,
-                                    "base_miou": stats, "human_miou": {"mean": None}}])
-    assert table.splitlines()[2] == "| k | 1 | oracle | 12.2 ± 3.0 (n=3) | 12.2 ± 3.0 (n=3) | - |"
+
+
+def test_bounds_pivot_puts_each_bound_in_its_column():
+    from oshp.tables import bounds_by_setting_markdown
+
+    def stats(mean, n=3):
+        return {"mean": mean, "std": 1.0, "n": n}
+
+    summary = [{"way": "k", "fold": 1, "config": "lower", "novel_miou": stats(0.0), "base_miou": stats(16.0),
+                "human_miou": stats(12.0), "binary_miou": stats(None, 0)},
+               {"way": "k", "fold": 1, "config": "pretrained", "novel_miou": stats(8.0, 2), "base_miou": stats(16.2, 2),
+                "human_miou": stats(14.1, 2), "binary_miou": stats(None, 0)},
+               {"way": "1", "fold": 2, "config": "pretrained", "novel_miou": stats(8.4), "base_miou": stats(41.1),
+                "human_miou": stats(32.9), "binary_miou": stats(59.54)}]
+    lines = bounds_by_setting_markdown(summary).splitlines()
+    assert lines[0] == "| way | fold | (b) pretrained | (d) lower bound |"  # only the bounds that were run, in order
+    assert lines[2] == "| k | 1 | 8.0 ± 1.0 / 16.2 ± 1.0 / 14.1 ± 1.0, n=2 | 0.0 ± 1.0 / 16.0 ± 1.0 / 12.0 ± 1.0, n=3 |"
+    assert lines[3] == "| 1 | 2 | 8.4 ± 1.0 / 41.1 ± 1.0 / 32.9 ± 1.0 (Bi 59.5), n=3 | not run |"
