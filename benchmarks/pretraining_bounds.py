@@ -23,20 +23,12 @@ import statistics
 import time
 from pathlib import Path
 
-from oshp.evaluation import evaluate_run, metrics_name
+from oshp.evaluation import run_metrics
 from oshp.tables import bounds_by_setting_markdown, mean_std
 from oshp.training import make_config, train
 
 METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
 CONFIGS = ("scratch", "pretrained", "oracle")
-
-
-def evaluation(run: Path, args, **switches: bool) -> dict:
-    """A finished run's metrics with these evaluate_run switches; evaluated once, then read from the run folder."""
-    path = run / metrics_name(**switches)
-    if not path.is_file():
-        evaluate_run(run, max_pairs=args.max_pairs, progress=False, **switches)
-    return json.loads(path.read_text())
 
 
 def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
@@ -50,11 +42,11 @@ def run_one(args, config: str, fold: int, way: str, seed: int) -> dict:
         started = time.time()
         train(cfg, run, progress=False, resume=(run / "checkpoint.pt").is_file())  # an interrupted run continues
         print(f"  trained {run.name} in {time.time() - started:.0f} s", flush=True)
-    result = {"metrics": evaluation(run, args)}
+    result = {"metrics": run_metrics(run, max_pairs=args.max_pairs, progress=False)}
     if config == "pretrained":
-        result["lower"] = evaluation(run, args, suppress_novel=True)
+        result["lower"] = run_metrics(run, max_pairs=args.max_pairs, progress=False, suppress_novel=True)
     if config == "oracle":
-        result["static_novel"] = evaluation(run, args, static_novel=True)
+        result["static_novel"] = run_metrics(run, max_pairs=args.max_pairs, progress=False, static_novel=True)
     result["train_s"] = json.loads((run / "train.json").read_text())["wall_time_s"]
     return result
 

@@ -219,6 +219,17 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     return result
 
 
+def run_metrics(run: str | Path, *, max_pairs: int | None = None, progress: bool = True, suppress_novel: bool = False,
+                static_novel: bool = False) -> dict:
+    """A finished run's metrics with these switches: read from the run folder, evaluated first when missing (so an
+    interrupted study re-evaluates nothing)."""
+    path = Path(run) / metrics_name(suppress_novel, static_novel)
+    if not path.is_file():
+        return evaluate_run(run, max_pairs=max_pairs, progress=progress, suppress_novel=suppress_novel,
+                            static_novel=static_novel)
+    return json.loads(path.read_text())
+
+
 def metrics_name(suppress_novel: bool = False, static_novel: bool = False,
                  options: dict[str, Any] | None = None) -> str:
     """The file in a run folder that an evaluation with these switches (and test-time options) writes."""

@@ -302,7 +302,7 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
                progress: bool = True) -> Path:
     """Train and evaluate one run unless its metrics exist (``lower``: also the lower-bound evaluation; an oracle run
     of EOP-Net or POPNet is also scored with its novel classes from the support, ``metrics_static_novel.json``)."""
-    from .evaluation import evaluate_run, metrics_name
+    from .evaluation import run_metrics
     from .training import train
 
     plan = get_plan(profile)
@@ -315,9 +315,7 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
         train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=(run / "checkpoint.pt").is_file(),
               progress=progress)
     for suppress, static in _evaluations(lower, static_novel):
-        if not (run / metrics_name(suppress, static)).is_file():
-            evaluate_run(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=suppress,
-                         static_novel=static)
+        run_metrics(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=suppress, static_novel=static)
     return run
 
 
