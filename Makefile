@@ -24,10 +24,10 @@ demo: setup
 	$(BIN)/oshp show --data-root $(DATA) --split train --count 12 --out $(FIGURES)/synthetic_samples.png
 
 test: setup
-	$(BIN)/python -m pytest -q --nbval tests notebooks
+	$(BIN)/python -m pytest -q --nbval --nbval-sanitize-with notebooks/nbval_sanitize.cfg tests notebooks
 
 reproduce: setup
-	$(BIN)/oshp reproduce --profile demo --data-root $(DATA) --figures $(FIGURES)
+	$(BIN)/oshp reproduce --profile demo --data-root $(DATA) --figures $(FIGURES) --publish-notebooks
 
 clean:
 	rm -rf $(VENV) data/synthetic

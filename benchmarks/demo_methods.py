@@ -19,7 +19,8 @@ from pathlib import Path
 from oshp.evaluation import evaluate_run
 from oshp.methods import METHODS
 from oshp.tables import main_table, main_table_columns, to_markdown, write_table
-from oshp.training import make_config, train
+from oshp.config import make_config
+from oshp.training import train
 
 
 def main() -> None:

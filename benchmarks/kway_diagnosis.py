@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from oshp.data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
 from oshp.data.layout import ReleaseLayoutDataset
-from oshp.evaluation import _spread, default_test_pairs, evaluate_episodes, load_run_model
+from oshp.evaluation import balanced_subset, default_test_pairs, evaluate_episodes, load_run_model
 from oshp.metrics import ConfusionMatrix
 from oshp.models.backbone import DeepLabFeatures
 from oshp.pretrain import resolve_backbone_weights
@@ -43,7 +43,7 @@ def score_supports(run: Path, max_pairs: int) -> list[dict]:
     if cfg.way != "k" or cfg.method != "eopnet":
         raise SystemExit(f"{run} is a {cfg.way}-way {cfg.method} run; this diagnosis is for k-way EOP-Net runs")
     ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
-    pairs = _spread(default_test_pairs(ds), max_pairs)
+    pairs = balanced_subset(default_test_pairs(ds), max_pairs)
     rows = []
     for rule in ("memory", "static"):
         _, model, dev, _ = load_run_model(run, device="cpu", options={"test_prototypes": rule})

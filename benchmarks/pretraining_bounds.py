@@ -25,7 +25,8 @@ from pathlib import Path
 
 from oshp.evaluation import run_metrics
 from oshp.tables import bounds_by_setting_markdown, mean_std
-from oshp.training import make_config, train
+from oshp.config import make_config
+from oshp.training import train
 
 METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
 CONFIGS = ("scratch", "pretrained", "oracle")

@@ -49,7 +49,8 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .complexity import count_parameters
 from .methods import METHODS, build_model, get_method
-from .training import PROFILES, TrainConfig, device_name, make_config, resolve_device, versions
+from .config import PROFILES, TrainConfig, make_config
+from .training import device_name, resolve_device, versions
 
 __all__ = [
     "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "synthetic_batch", "measure_peak_flops",
@@ -485,13 +486,13 @@ def check_run_episodes(run: str | Path, count: int, device: torch.device | str
     """
     from .data.episodes import MetaTestEpisodes, collate_episodes
     from .data.layout import ReleaseLayoutDataset
-    from .evaluation import _spread, default_test_pairs, load_run_model
+    from .evaluation import balanced_subset, default_test_pairs, load_run_model
 
     path = Path(run)
     cfg, model, dev, _ = load_run_model(None if path.is_file() else path, checkpoint=path if path.is_file() else None,
                                         device=str(device))
     ds = ReleaseLayoutDataset.open(cfg.data_root, cfg.dataset)
-    episodes = MetaTestEpisodes(ds, _spread(default_test_pairs(ds), count), way=cfg.way)
+    episodes = MetaTestEpisodes(ds, balanced_subset(default_test_pairs(ds), count), way=cfg.way)
     batches = []
     for i in range(len(episodes)):
         batch = collate_episodes([episodes[i]])

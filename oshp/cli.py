@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,14 +34,27 @@ def _add_synth(sub) -> None:
     p.add_argument("--size", type=int, default=192, help="image side in pixels (default 192)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    _add_pair_rule_args(p, "the meta-test pair rule of this dataset, saved in its oshp_dataset.json and used by "
+                           "train, evaluate and pairs (default: the release's 10 queries x 15 supports per class; a "
+                           "small --test needs smaller values)")
     p.set_defaults(func=_run_synth)
 
 
+def _add_pair_rule_args(p, what: str) -> None:
+    group = p.add_argument_group("pair rule", what)
+    group.add_argument("--queries-per-class", type=int, default=None, help="queries per class")
+    group.add_argument("--supports-per-query", type=int, default=None, help="supports per query")
+
+
 def _run_synth(args) -> int:
+    from .data.layout import write_dataset_meta
     from .data.synthetic import generate_synthetic
 
     ds = generate_synthetic(args.out, train=args.train, test=args.test, size=args.size, seed=args.seed,
                             workers=args.workers, progress=not args.quiet)
+    rule = {k: getattr(args, k) for k in ("queries_per_class", "supports_per_query") if getattr(args, k)}
+    if rule:
+        write_dataset_meta(ds.root, {**ds.meta, **rule})
     print(f"wrote {len(ds.ids('train'))} train + {len(ds.ids('test'))} test images to {ds.root}")
     return 0
 
@@ -72,8 +86,10 @@ def _add_check(sub) -> None:
     p = sub.add_parser(
         "check-data", help="validate a dataset folder; every problem with its file and fix",
         description="Check a dataset root in the release layout: folders, list files, missing or extra files, "
-                    "label values outside the vocabulary, image/label size mismatches, flipped label maps. "
-                    "Exits with status 1 when anything is wrong.")
+                    "label values outside the vocabulary, image/label size mismatches, flipped label maps, and "
+                    "whether the meta-test pair rule can be met (which train, evaluate and pairs need). "
+                    "Exit status: 0 ready, 1 problems found (each listed with its fix), 2 the command could not run "
+                    "(e.g. an unreadable oshp_dataset.json).")
     p.add_argument("--dataset", choices=DATASET_CHOICES, default=None,
                    help="vocabulary (default: read from the root's oshp_dataset.json)")
     p.add_argument("--data-root", required=True, type=Path)
@@ -99,14 +115,15 @@ def _add_pairs(sub) -> None:
     p.add_argument("--dataset", required=True, choices=DATASET_CHOICES)
     p.add_argument("--data-root", type=Path, default=None, help="dataset root to scan (default: released index)")
     p.add_argument("--out", required=True, type=Path, help="pairs JSON to write")
-    p.add_argument("--queries-per-class", type=int, default=None, help="default 10 (or the dataset's own setting)")
-    p.add_argument("--supports-per-query", type=int, default=None, help="default 15 (or the dataset's own setting)")
+    _add_pair_rule_args(p, "default: the dataset's own setting in its oshp_dataset.json, else the release's 10 "
+                           "queries x 15 supports per class")
     p.set_defaults(func=_run_pairs)
 
 
 def _run_pairs(args) -> int:
     from .data.pairs import build_meta_test_pairs, format_coverage
 
+    _check_output_file(args.out, "--out", "pairs.json")
     data = build_meta_test_pairs(args.dataset, args.data_root, queries_per_class=args.queries_per_class,
                                  supports_per_query=args.supports_per_query, progress=not args.quiet)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +145,8 @@ def _add_show(sub) -> None:
     p.add_argument("--count", type=int, default=12)
     p.add_argument("--seed", type=int, default=0, help="which images are drawn")
     p.add_argument("--raw", action="store_true", help="colour the raw ids (left/right apart) instead of OSHP classes")
-    p.add_argument("--out", type=Path, default=Path("figures/samples.png"))
+    p.add_argument("--out", type=Path, default=Path("figures/samples.png"),
+                   help="PNG to write, or a folder to write samples.png into (default: %(default)s)")
     p.set_defaults(func=_run_show)
 
 
@@ -137,7 +155,8 @@ def _run_show(args) -> int:
     from .plotting import show_samples
 
     ds = ReleaseLayoutDataset.open(args.data_root, args.dataset)
-    path = show_samples(ds, split=args.split, count=args.count, out=args.out, seed=args.seed, merged=not args.raw)
+    out = args.out / "samples.png" if args.out.is_dir() else args.out
+    path = show_samples(ds, split=args.split, count=args.count, out=out, seed=args.seed, merged=not args.raw)
     print(f"wrote {path}")
     return 0
 
@@ -149,19 +168,24 @@ def _add_model_args(p) -> None:
 
 
 def _add_train(sub) -> None:
-    from .training import PROFILES
+    from .config import PROFILE_NOTES, PROFILES
+    from .methods import METHODS
 
     p = sub.add_parser(
         "train", help="meta-train a method on one fold",
-        description="Meta-train a method (default EOP-Net) on one fold, k-way or 1-way. Profiles: paper (Xception-65, "
-                    "512 px, 50 epochs, GPU), demo (small backbone, synthetic data, minutes on a CPU), smoke (seconds). "
-                    "Every setting can be overridden. Writes RUN/config.json, RUN/checkpoint.pt (every epoch, "
-                    "atomically), RUN/log.jsonl and RUN/train.json.")
+        description="Meta-train a method (default EOP-Net) on one fold, k-way or 1-way. Profiles: "
+                    + "; ".join(f"{k}: {PROFILE_NOTES[k]}" for k in PROFILES) + ". Methods: "
+                    + ", ".join(f"{k} ({m.display}, {'/'.join(m.ways)}-way)" for k, m in METHODS.items())
+                    + ". Every setting can be overridden. Writes RUN/config.json, RUN/checkpoint.pt (every epoch, "
+                    "atomically), RUN/log.jsonl and RUN/train.json; a folder that holds a run is refused unless "
+                    "--resume continues it.")
     _add_model_args(p)
     p.add_argument("--fold", type=int, choices=(1, 2), required=True)
     p.add_argument("--way", choices=("k", "1"), default="k")
-    p.add_argument("--method", default="eopnet", help="method name from the registry (default: %(default)s)")
-    p.add_argument("--profile", choices=tuple(PROFILES), default="demo")
+    p.add_argument("--method", default="eopnet", choices=tuple(METHODS), metavar="METHOD",
+                   help=f"{', '.join(METHODS)} (default: %(default)s)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
+                   help="training budget and model size (default: %(default)s, about 20 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     for name, kind, help_text in (
@@ -199,7 +223,8 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _run_train(args) -> int:
-    from .training import make_config, train
+    from .config import PROFILE_NOTES, make_config
+    from .training import train
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
                                                 "backbone", "backbone_weights", "seed", "workers", "device",
@@ -207,6 +232,10 @@ def _run_train(args) -> int:
                                                 "label_novel")}
     cfg = make_config(args.profile, data_root=str(args.data_root), dataset=args.dataset, fold=args.fold, way=args.way,
                       method=args.method, model_options=dict(_parse_option(o) for o in args.option), **overrides)
+    if not args.quiet:
+        print(f"training {cfg.method}, {cfg.profile} profile ({PROFILE_NOTES.get(cfg.profile, '')}): {cfg.epochs} "
+              f"epochs x {cfg.pairs_per_epoch or 'all'} episodes at batch {cfg.batch_size}, {cfg.image_size} px, "
+              f"{cfg.backbone} -> {args.out} (Ctrl-C stops it; --resume continues)", file=sys.stderr, flush=True)
     summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     last = summary["history"][-1] if summary["history"] else {}
     print(f"trained {cfg.method} ({cfg.profile}) fold {cfg.fold} {cfg.way}-way for {cfg.epochs} epochs in "
@@ -216,7 +245,7 @@ def _run_train(args) -> int:
 
 
 def _add_pretrain(sub) -> None:
-    from .pretrain import PretrainConfig
+    from .config import PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser(
@@ -241,7 +270,8 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from .pretrain import BACKBONE_FILE, PretrainConfig, pretrain
+    from .config import PretrainConfig
+    from .pretrain import BACKBONE_FILE, pretrain
 
     cfg = PretrainConfig(backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
                          image_size=args.image_size, lr=args.lr, embed_dim=args.embed_dim, seed=args.seed,
@@ -262,7 +292,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--run", type=Path, required=True)
     p.add_argument("--data-root", type=Path, default=None, help="dataset root (default: the run's)")
     p.add_argument("--pairs", type=Path, default=None, help="pairs JSON from `oshp pairs` (default: the rule)")
-    p.add_argument("--max-pairs", type=int, default=None, help="evaluate at most this many pairs, spread over classes")
+    p.add_argument("--max-pairs", type=int, default=None, help="evaluate at most this many pairs, taken from every "
+                   "class in turn; written to RUN/metrics_max-pairs-N.json, never over the full metrics.json")
     p.add_argument("--suppress-novel", action="store_true", help="the lower bound: predict background wherever the "
                    "model predicts a novel class (writes RUN/metrics_suppress_novel.json)")
     p.add_argument("--static-novel", action="store_true", help="novel classes from the support's static prototype "
@@ -284,7 +315,7 @@ def _run_evaluate(args) -> int:
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
                           device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel,
                           static_novel=args.static_novel, options=options)
-    name = metrics_name(args.suppress_novel, args.static_novel, options)
+    name = metrics_name(args.suppress_novel, args.static_novel, options, args.max_pairs)
     print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / name}")
     print(format_metrics_table(result))
     return 0
@@ -298,11 +329,12 @@ def _add_parse(sub) -> None:
                     "label map beside it (<out>_labels.png). With a folder as --query, every .jpg/.jpeg/.png in it "
                     "is parsed (sorted by name) with the support encoded once, and --out is a folder receiving "
                     "<stem>.png and <stem>_labels.png per query.")
-    p.add_argument("--checkpoint", type=Path, required=True, help="RUN/checkpoint.pt")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run folder (RUN) or its RUN/checkpoint.pt")
     p.add_argument("--query", type=Path, required=True, help="query image, or a folder of them")
     p.add_argument("--support", type=Path, required=True)
     p.add_argument("--support-mask", type=Path, required=True)
-    p.add_argument("--classes", default=None, help="comma-separated class names to keep from the support mask")
+    p.add_argument("--classes", default=None, help="comma-separated class names to keep from the support mask "
+                   "(background is always kept)")
     p.add_argument("--out", type=Path, required=True, help="overlay PNG to write (a folder when --query is one)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_parse)
@@ -350,7 +382,7 @@ def _run_complexity(args) -> int:
 
 
 def _add_benchmark(sub) -> None:
-    from .training import PROFILES
+    from .config import PROFILES
 
     p = sub.add_parser(
         "benchmark", help="pairs per second (inference, cached support, training), peak memory, FLOP floor",
@@ -416,7 +448,7 @@ def _run_benchmark(args) -> int:
 
 def _add_reproduce(sub) -> None:
     from .reproduce import NOTEBOOKS, PLANS
-    from .training import PROFILES
+    from .config import PROFILES
 
     p = sub.add_parser(
         "reproduce", help="train every run and execute every notebook: all tables and figures",
@@ -433,6 +465,8 @@ def _add_reproduce(sub) -> None:
                    "runs/reproduce/PROFILE)")
     p.add_argument("--figures", type=Path, default=None, help="figures and tables (default: figures/ for demo, "
                    "OUT/figures otherwise)")
+    p.add_argument("--publish-notebooks", action="store_true", help="also copy the executed notebooks over "
+                   "notebooks/ (outputs only: the cells stay as they are), as `make reproduce` does")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="runs trained at once (default: the profile's: demo 2)")
     p.add_argument("--train-profile", choices=tuple(PROFILES), default=None,
@@ -453,15 +487,14 @@ def _run_reproduce(args) -> int:
         unknown = set(keys) - {n.split("_")[0] for n in chosen} - set(chosen)
         if unknown:
             raise CliError(f"unknown notebooks {sorted(unknown)}; choose from {', '.join(NOTEBOOKS)}")
-    figures = args.figures or (Path("figures") if args.profile == "demo" and not args.train_profile else None)
-    summary = reproduce(args.profile, out_dir=args.out, data_root=args.data_root, figures_dir=figures,
+    summary = reproduce(args.profile, out_dir=args.out, data_root=args.data_root, figures_dir=args.figures,
                         datasets=args.datasets.split(",") if args.datasets else None, seed=args.seed,
                         workers=args.workers, train_profile=args.train_profile, notebooks=chosen,
-                        kernel=args.kernel, progress=not args.quiet,
+                        kernel=args.kernel, progress=not args.quiet, publish=args.publish_notebooks,
                         log=(lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr)))
     print(f"{summary['runs']} runs, {len(summary['notebooks'])} notebooks in {summary['wall_time_s']:.0f} s "
           f"(data {summary['data_s']:.0f} s, runs {summary['runs_s']:.0f} s, notebooks {summary['notebooks_s']:.0f} s)")
-    print(f"figures and tables -> {summary['figures']}")
+    print(f"figures and tables -> {summary['figures']}" + ("; notebooks/ updated" if args.publish_notebooks else ""))
     return 0
 
 
@@ -492,7 +525,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_output_file(path: Path, flag: str, example: str) -> None:
+    """An output that must be a file: refuse a folder before any work is done."""
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a folder; give the file to write, e.g. {path / example}")
+
+
+def _one_line(err: BaseException) -> str:
+    """An error as one line (OSErrors name their file)."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or type(err).__name__}: {err.filename}"
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Exit status: 0 done, 1 problems found (check-data), 2 an error (one line on stderr, no
+    traceback; --debug shows it), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from .data.layout import DatasetError
@@ -501,9 +550,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (CliError, DatasetError, UnknownClassError, UnknownOptionError, ValueError, FileNotFoundError,
-            RuntimeError) as err:
+    except BrokenPipeError:  # `oshp pairs ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
         if args.debug:
             raise
-        print(f"oshp {args.command}: error: {err}", file=sys.stderr)
+        hint = " the last finished epoch is saved; the same command with --resume continues it" \
+            if args.command in ("train", "pretrain") else ""
+        print(f"oshp {args.command}: interrupted;{hint}" if hint else f"oshp {args.command}: interrupted",
+              file=sys.stderr)
+        return 130
+    except (CliError, DatasetError, UnknownClassError, UnknownOptionError, ValueError, OSError, RuntimeError) as err:
+        if args.debug:
+            raise
+        print(f"oshp {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2

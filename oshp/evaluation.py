@@ -22,8 +22,9 @@ from .data.official import official_ids
 from .data.pairs import build_meta_test_pairs, load_pairs
 from .data.vocab import DatasetSpec, get_dataset
 from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
+from .config import TrainConfig, config_from_dict
 from .training import (
-    CHECKPOINT, atomic_write_json, config_from_dict, config_from_run, device_name, load_checkpoint, load_model_state,
+    CHECKPOINT, CONFIG, atomic_write_json, config_from_run, device_name, load_checkpoint, load_model_state,
     model_from_config, resolve_device, versions, _to_device,
 )
 
@@ -65,7 +66,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
     loader = DataLoader(episodes, batch_size=1, shuffle=False, collate_fn=collate_episodes)
     iterator = loader
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text: no widget warning in notebooks
 
         iterator = tqdm(loader, desc="evaluating", unit="pair", leave=False)
     for batch in iterator:
@@ -135,9 +136,13 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
     """
     run = Path(run) if run is not None else None
     path = Path(checkpoint) if checkpoint else run / CHECKPOINT
+    if path.is_dir():  # a run folder is as good as its checkpoint
+        path = path / CHECKPOINT
     dev = resolve_device(device)
     ckpt = load_checkpoint(path, dev)
     cfg = config_from_dict(ckpt["config"])
+    if run is not None and (run / CONFIG).is_file():
+        check_same_run(config_from_run(run), cfg, run, path)
     spec = get_dataset(cfg.dataset)
     # weights come from the checkpoint: never fetch or read the backbone's initial weights again
     cfg.pretrained, cfg.backbone_weights = False, None
@@ -153,6 +158,16 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
                            f"cannot change at evaluation; only test-time options can (e.g. test_prototypes=static, "
                            f"foreground_screening=true, restrict_to_support=false)") from err
     return cfg, model.to(dev).eval(), dev, ckpt
+
+
+def check_same_run(expected: TrainConfig, found: TrainConfig, run: Path, checkpoint: Path) -> None:
+    """Refuse a checkpoint whose method, way, fold or dataset is not the run's: its metrics would be filed under the
+    wrong configuration."""
+    differ = [f"{key}={getattr(found, key)!r} (the run says {getattr(expected, key)!r})"
+              for key in ("method", "way", "fold", "dataset") if getattr(found, key) != getattr(expected, key)]
+    if differ:
+        raise DatasetError(f"checkpoint {checkpoint} does not belong to run {run}: it was trained with "
+                           f"{', '.join(differ)}; evaluate it with its own run folder (--run)")
 
 
 def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int, ...], num_classes: int) -> int:
@@ -192,10 +207,14 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         raise ValueError("choose one of suppress_novel and static_novel: they write different bounds")
     run = Path(run)
     cfg, model, dev, ckpt = load_run_model(run, device=device, options=options)
-    ds = ReleaseLayoutDataset.open(data_root or cfg.data_root, cfg.dataset)
+    root = Path(data_root or cfg.data_root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"the dataset of run {run} is not at {root} (from its {CONFIG}); pass --data-root with "
+                           f"the folder it is in now")
+    ds = ReleaseLayoutDataset.open(root, cfg.dataset)
     pair_list = load_pairs(pairs) if pairs else default_test_pairs(ds)
     if max_pairs:
-        pair_list = _spread(pair_list, max_pairs)
+        pair_list = balanced_subset(pair_list, max_pairs)
     episodes = MetaTestEpisodes(ds, pair_list, way=cfg.way)
     if static_novel:
         forget_novel_prototypes(model, ds.spec.novel_ids(cfg.fold), ds.spec.num_raw_classes)
@@ -214,7 +233,7 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "units": "percent", "suppress_novel": suppress_novel, "static_novel": static_novel,
         "eval_options": dict(options or {}),
     }
-    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options)
+    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options, max_pairs)
     atomic_write_json(result, target)
     return result
 
@@ -223,7 +242,7 @@ def run_metrics(run: str | Path, *, max_pairs: int | None = None, progress: bool
                 static_novel: bool = False) -> dict:
     """A finished run's metrics with these switches: read from the run folder, evaluated first when missing (so an
     interrupted study re-evaluates nothing)."""
-    path = Path(run) / metrics_name(suppress_novel, static_novel)
+    path = Path(run) / metrics_name(suppress_novel, static_novel, max_pairs=max_pairs)
     if not path.is_file():
         return evaluate_run(run, max_pairs=max_pairs, progress=progress, suppress_novel=suppress_novel,
                             static_novel=static_novel)
@@ -231,11 +250,13 @@ def run_metrics(run: str | Path, *, max_pairs: int | None = None, progress: bool
 
 
 def metrics_name(suppress_novel: bool = False, static_novel: bool = False,
-                 options: dict[str, Any] | None = None) -> str:
-    """The file in a run folder that an evaluation with these switches (and test-time options) writes."""
+                 options: dict[str, Any] | None = None, max_pairs: int | None = None) -> str:
+    """The file in a run folder that an evaluation with these switches (and test-time options) writes. An evaluation
+    on at most ``max_pairs`` pairs is named for it, so it never stands in for the full evaluation (metrics.json)."""
     stem = "metrics" + ("_suppress_novel" if suppress_novel else "_static_novel" if static_novel else "")
     stem += "".join(f"_{key}-{str(value).lower() if isinstance(value, bool) else value}"
                     for key, value in sorted((options or {}).items()))
+    stem += f"_max-pairs-{max_pairs}" if max_pairs else ""
     return stem + ".json"
 
 
@@ -249,10 +270,18 @@ def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:
     return out
 
 
-def _spread(pairs: list[dict], n: int) -> list[dict]:
-    """At most n pairs, the same number from each class (for quick evaluations)."""
-    classes = {p["class_id"] for p in pairs}
-    return first_pairs_per_class(pairs, max(1, n // max(len(classes), 1)))
+def balanced_subset(pairs: list[dict], n: int) -> list[dict]:
+    """At most ``n`` pairs, taken class by class in turn (each class's first pairs first), in the pairs' order: a
+    quick evaluation that is as class-balanced as ``n`` allows."""
+    by_class: dict[int, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_class.setdefault(p["class_id"], []).append(i)
+    chosen: list[int] = []
+    for rank in range(max((len(v) for v in by_class.values()), default=0)):
+        for positions in by_class.values():
+            if rank < len(positions) and len(chosen) < n:
+                chosen.append(positions[rank])
+    return [pairs[i] for i in sorted(chosen)]
 
 
 def read_metrics(run: str | Path) -> dict:

@@ -15,9 +15,11 @@ import torch
 from PIL import Image
 
 from .data.layout import DatasetError, load_label_map, load_rgb, save_label_map
-from .data.vocab import DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes
+from .data.vocab import (
+    BACKGROUND, DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes,
+)
 from .evaluation import load_run_model, one_way_to_class
-from .plotting import label_palette, overlay
+from .plotting import label_palette, overlay_with_legend
 
 
 def support_classes_from_names(spec: DatasetSpec, names: str | list[str] | None) -> tuple[int, ...] | None:
@@ -26,7 +28,8 @@ def support_classes_from_names(spec: DatasetSpec, names: str | list[str] | None)
         return None
     if isinstance(names, str):
         names = [n for n in names.split(",") if n.strip()]
-    return tuple(sorted({spec.class_id(n) for n in names}))
+    # background is a class of every parse whether named or not: it is never asked of the support
+    return tuple(sorted({spec.class_id(n) for n in names} - {BACKGROUND}))
 
 
 def prepare_support(spec: DatasetSpec, mask: np.ndarray, classes: tuple[int, ...] | None, where: str,
@@ -139,29 +142,43 @@ def parse_files(checkpoint: str | Path, query: str | Path, support: str | Path, 
     """
     if Path(query).is_dir():
         return parse_folder(checkpoint, query, support, support_mask, out, classes=classes, device=device)
+    out = Path(out)
+    labels = out.with_name(out.stem + "_labels.png")
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a folder; with one --query image, --out is the overlay PNG to write "
+                           f"(e.g. {out / 'parse.png'})")
+    for written in (out, labels):
+        for flag, given in (("--query", query), ("--support", support), ("--support-mask", support_mask)):
+            if written.exists() and Path(given).exists() and written.resolve() == Path(given).resolve():
+                raise DatasetError(f"writing {written} would overwrite your {flag} file; choose another --out")
+    q_img = load_rgb(query, role="--query")
     cfg, model, dev, _ = load_run_model(None, checkpoint=checkpoint, device=device)
     spec = get_dataset(cfg.dataset)
-    q_img, s_img = load_rgb(query), load_rgb(support)
-    mask = load_label_map(support_mask, spec)
-    if mask.shape != s_img.shape[:2]:
-        raise DatasetError(f"support mask {support_mask} is {mask.shape[1]}x{mask.shape[0]} but the support image "
-                           f"{support} is {s_img.shape[1]}x{s_img.shape[0]}; they must have the same size")
-    s_mask = prepare_support(spec, mask, support_classes_from_names(spec, classes), str(support_mask), cfg.way)
+    s_img, s_mask = _load_support(spec, support, support_mask, classes, cfg.way)
     pred = parse_arrays(model, spec, q_img, s_img, s_mask, dev)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(q_img, pred, spec)).save(out)
-    labels = out.with_name(out.stem + "_labels.png")
+    Image.fromarray(overlay_with_legend(q_img, pred, spec)).save(out)
     save_label_map(labels, pred, palette=label_palette(spec))
-    found = {spec.class_name(c): int((pred == c).sum()) for c in present_classes(pred)}
-    return {"overlay": str(out), "labels": str(labels), "classes": [spec.class_name(c) for c in present_classes(s_mask)],
-            "pixels": found}
+    return {"overlay": str(out), "labels": str(labels), **_classes_and_colours(spec, s_mask),
+            "pixels": _pixels(spec, pred)}
+
+
+def _classes_and_colours(spec: DatasetSpec, support_mask: np.ndarray) -> dict:
+    """The support's classes by name, and each class's colour in the overlay and the label map (#rrggbb)."""
+    palette = label_palette(spec)
+    shown = present_classes(support_mask)
+    return {"classes": [spec.class_name(c) for c in shown],
+            "colours": {spec.class_name(c): "#%02x%02x%02x" % tuple(int(v) for v in palette[c]) for c in shown}}
+
+
+def _pixels(spec: DatasetSpec, pred: np.ndarray) -> dict[str, int]:
+    return {spec.class_name(c): int((pred == c).sum()) for c in present_classes(pred)}
 
 
 def _load_support(spec: DatasetSpec, support: str | Path, support_mask: str | Path, classes: str | None,
                   way: str) -> tuple[np.ndarray, np.ndarray]:
-    s_img = load_rgb(support)
-    mask = load_label_map(support_mask, spec)
+    s_img = load_rgb(support, role="--support")
+    mask = load_label_map(support_mask, spec, role="--support-mask")
     if mask.shape != s_img.shape[:2]:
         raise DatasetError(f"support mask {support_mask} is {mask.shape[1]}x{mask.shape[0]} but the support image "
                            f"{support} is {s_img.shape[1]}x{s_img.shape[0]}; they must have the same size")
@@ -196,9 +213,9 @@ def parse_folder(checkpoint: str | Path, query_dir: str | Path, support: str | P
         q_img = load_rgb(path)
         pred = prepared.parse(q_img)
         overlay_path, labels_path = out / f"{path.stem}.png", out / f"{path.stem}_labels.png"
-        Image.fromarray(overlay(q_img, pred, spec)).save(overlay_path)
+        Image.fromarray(overlay_with_legend(q_img, pred, spec)).save(overlay_path)
         save_label_map(labels_path, pred, palette=palette)
         results.append({"query": str(path), "overlay": str(overlay_path), "labels": str(labels_path),
-                        "pixels": {spec.class_name(c): int((pred == c).sum()) for c in present_classes(pred)}})
+                        "pixels": _pixels(spec, pred)})
     return {"out": str(out), "count": len(results), "support_cached": prepared.cached,
-            "classes": [spec.class_name(c) for c in present_classes(s_mask)], "queries": results}
+            **_classes_and_colours(spec, s_mask), "queries": results}

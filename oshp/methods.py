@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # importing the registry loads no torch: `oshp --help` stays instant
+    from torch import nn
 
 
 @dataclass(frozen=True)

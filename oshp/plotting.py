@@ -64,6 +64,30 @@ def overlay(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, alpha: floa
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
+def overlay_with_legend(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, alpha: float = 0.55) -> np.ndarray:
+    """:func:`overlay` with a legend panel on its right: a colour swatch and the name of every class in ``label``,
+    so that a parse read on its own says which colour is which class."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    tinted = overlay(image, label, spec, alpha)
+    shown = [c for c in np.unique(np.asarray(label)) if c not in (BACKGROUND, IGNORE_INDEX)]
+    font = ImageFont.load_default()
+    row, pad, swatch = 16, 6, 12
+    names = ["background (no tint)"] + [spec.class_name(int(c)) for c in shown]
+    width = pad * 3 + swatch + max(int(font.getlength(n)) for n in names)
+    height = max(tinted.shape[0], pad * 2 + row * len(names))
+    canvas = Image.new("RGB", (tinted.shape[1] + width, height), "white")
+    canvas.paste(Image.fromarray(tinted), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    palette = label_palette(spec)
+    for i, (cid, name) in enumerate(zip([BACKGROUND, *shown], names)):
+        x, y = tinted.shape[1] + pad, pad + i * row
+        colour = (255, 255, 255) if cid == BACKGROUND else tuple(int(v) for v in palette[int(cid)])
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + pad, y), name, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
 def legend_handles(spec: DatasetSpec, class_ids, merged: bool = True) -> list[Patch]:
     """Legend patches for class ids; merged=True names OSHP classes ('legs'), else raw ones ('left-leg')."""
     palette = label_palette(spec)

@@ -19,13 +19,13 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from .config import PretrainConfig
 from .data.creatures import CreatureEpisodes
 from .data.episodes import collate_episodes
 from .training import (
@@ -39,23 +39,6 @@ SHIPPED = {"mobilenetv3_small_100": "synthetic_mobilenetv3_small_100.pt"}
 """Backbones with a synthetic-pretrained checkpoint shipped in the package (``--backbone-weights synthetic``)."""
 
 
-@dataclass
-class PretrainConfig:
-    backbone: str = "mobilenetv3_small_100"
-    image_size: int = 128
-    steps: int = 1500
-    batch_size: int = 8
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    embed_dim: int = 64
-    num_classes: int = 18
-    """Class slots of the pretraining episodes (parts get random slots; the number only bounds the parts per episode)."""
-    keep_prob: float = 0.8
-    distractor_prob: float = 0.5
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 250
 
 
 def _model(cfg: PretrainConfig) -> torch.nn.Module:
@@ -92,7 +75,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, prog
                         pin_memory=device.type == "cuda")
     iterator = loader
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text: no widget warning in notebooks
 
         iterator = tqdm(loader, desc="pretraining", unit="step", initial=start, total=cfg.steps)
     model.train()

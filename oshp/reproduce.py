@@ -34,10 +34,10 @@ from .methods import METHODS, get_method
 __all__ = ["PLANS", "NOTEBOOKS", "ReproducePlan", "RunSpec", "VARIANTS", "get_plan", "repo_root", "resolve_paths",
            "prepare_data", "ensure_run", "ensure_runs", "load_result", "notebook_runs", "all_runs", "run_notebooks",
            "reproduce", "save_figure", "notebook", "NotebookContext", "measure_table5",
-           "write_results"]
+           "write_results", "shown_path", "publish_notebooks"]
 
 NOTEBOOKS: tuple[str, ...] = (
-    "01_tour.ipynb", "02_train_one_fold.ipynb", "03_tables_1_3.ipynb", "04_table4_ablation.ipynb",
+    "00_oshp_data.ipynb", "01_tour.ipynb", "02_train_one_fold.ipynb", "03_tables_1_3.ipynb", "04_table4_ablation.ipynb",
     "05_table5_complexity.ipynb", "06_fig7_dynamic_prototypes.ipynb", "07_figs4_6_parses.ipynb",
 )
 
@@ -106,6 +106,8 @@ class ReproducePlan:
     table5: dict[str, Any] = field(default_factory=dict)
     """Table 5 settings: ``image_size``, ``paper_backbones`` (else the training profile's), benchmark settings."""
     description: str = ""
+    figures_dir: str | None = None
+    """Default figures folder (relative to the repository); None: OUT/figures. The demo writes the committed figures/."""
 
 
 PLANS: dict[str, ReproducePlan] = {
@@ -120,7 +122,7 @@ PLANS: dict[str, ReproducePlan] = {
         description="seconds a run on a 60/80-image synthetic dataset at 64 px: checks that every notebook runs"),
     "demo": ReproducePlan(
         "demo", "quick", train_overrides=dict(epochs=3, pairs_per_epoch=200), eval_max_pairs=110,
-        val_pairs_per_class=5, synthetic=dict(), data_root="data/synthetic", workers=2,
+        val_pairs_per_class=5, synthetic=dict(), data_root="data/synthetic", workers=2, figures_dir="figures",
         table5=dict(image_size=512, paper_backbones=True, bench=dict(batch_sizes=(1,), warmup=1, iters=2,
                                                                     max_time_s=10.0, sweep_budget_s=30.0,
                                                                     train_steps=0, fast_check_episodes=1)),
@@ -145,12 +147,12 @@ def get_plan(profile: str | ReproducePlan, train_profile: str | None = None) -> 
     else:
         plan = PLANS[profile]
     if train_profile and train_profile != plan.train_profile:
-        from .training import PROFILES
+        from .config import PROFILES
 
         if train_profile not in PROFILES:
             raise ValueError(f"unknown training profile {train_profile!r}; choose one of {', '.join(PROFILES)}")
         plan = dataclasses.replace(plan, name=f"{plan.name}-{train_profile}", train_profile=train_profile,
-                                   train_overrides={})
+                                   train_overrides={}, figures_dir=None)
     return plan
 
 
@@ -163,6 +165,15 @@ def repo_root(start: str | Path | None = None) -> Path:
         if (folder / "notebooks").is_dir() and (folder / "oshp").is_dir():
             return folder
     return here
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as a reader should see it: relative to the repository when inside it (no machine-specific prefix)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(repo_root()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -185,7 +196,7 @@ def resolve_paths(profile: str | ReproducePlan, *, out_dir: str | Path | None = 
     root = repo_root()
     absolute = lambda p: Path(p).expanduser() if Path(p).expanduser().is_absolute() else root / p  # noqa: E731
     out = absolute(out_dir or f"runs/reproduce/{plan.name}")
-    figures = absolute(figures_dir) if figures_dir else out / "figures"
+    figures = absolute(figures_dir or plan.figures_dir) if (figures_dir or plan.figures_dir) else out / "figures"
     base = absolute(data_root) if data_root else (absolute(plan.data_root) if plan.data_root else
                                                   out / "data" if plan.synthetic is not None else None)
     if base is None:
@@ -216,8 +227,20 @@ class NotebookContext:
             raise KeyError(f"run {spec.name} is not one of this notebook's runs")
         return self.runs[spec]
 
+    def result(self, method: str = "eopnet", way: str = "k", fold: int = 1, variant: str = "", *,
+               lower: bool = False, static_novel: bool = False) -> dict:
+        """A run's metrics as this plan evaluates it (its number of meta-test pairs); see :func:`load_result`."""
+        return load_result(self.run(method, way, fold, variant), lower=lower, static_novel=static_novel,
+                           max_pairs=self.plan.eval_max_pairs)
+
     def results(self, specs: Iterable[RunSpec] | None = None) -> list[dict]:
-        return [load_result(self.runs[s]) for s in (specs if specs is not None else self.runs)]
+        return [load_result(self.runs[s], max_pairs=self.plan.eval_max_pairs)
+                for s in (specs if specs is not None else self.runs)]
+
+    def describe(self) -> str:
+        """What a notebook's setup cell prints: the profile and where runs and figures are (repository-relative)."""
+        return (f"{self.plan.name} profile: {self.plan.description}\nruns in {shown_path(self.paths.runs)} | figures "
+                f"and tables in {shown_path(self.paths.figures)}")
 
     def figure(self, name: str) -> Path:
         """Stem of a figure or table in the figures folder (``save_figure`` / ``write_table`` add suffixes)."""
@@ -271,7 +294,7 @@ def prepare_data(profile: str | ReproducePlan, paths: Paths, *, progress: bool =
 # ----------------------------------------------------------------------------------------------- runs
 def run_config(spec: RunSpec, plan: ReproducePlan, data_root: Path):
     """The TrainConfig of one run: the plan's training profile and budget, the run's method, fold, way, variant."""
-    from .training import make_config
+    from .config import make_config
 
     values: dict[str, Any] = dict(plan.train_overrides)
     variant = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VARIANTS[spec.variant].items()}
@@ -292,10 +315,10 @@ def _evaluations(lower: bool, static_novel: bool) -> list[tuple[bool, bool]]:
     return [(False, False)] + [(True, False)] * lower + [(False, True)] * static_novel
 
 
-def _done(run: Path, lower: bool, static_novel: bool = False) -> bool:
+def _done(run: Path, lower: bool, static_novel: bool = False, max_pairs: int | None = None) -> bool:
     from .evaluation import metrics_name
 
-    return all((run / metrics_name(*e)).is_file() for e in _evaluations(lower, static_novel))
+    return all((run / metrics_name(*e, max_pairs=max_pairs)).is_file() for e in _evaluations(lower, static_novel))
 
 
 def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, lower: bool = False,
@@ -308,12 +331,10 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
     plan = get_plan(profile)
     run = paths.runs / spec.name
     static_novel = _needs_static_novel(spec)
-    if _done(run, lower, static_novel):
+    if _done(run, lower, static_novel, plan.eval_max_pairs):
         return run
-    if not (run / "metrics.json").is_file() and not (run / "train.json").is_file():
-        # an interrupted run continues from its last epoch
-        train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=(run / "checkpoint.pt").is_file(),
-              progress=progress)
+    if not (run / "train.json").is_file():  # an interrupted run continues from its last epoch
+        train(run_config(spec, plan, paths.data[spec.dataset]), run, resume=run.is_dir(), progress=progress)
     for suppress, static in _evaluations(lower, static_novel):
         run_metrics(run, max_pairs=plan.eval_max_pairs, progress=progress, suppress_novel=suppress, static_novel=static)
     return run
@@ -357,7 +378,8 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     specs = list(dict.fromkeys(specs))
     need_lower = set(lower)
     specs += [s for s in need_lower if s not in specs]
-    todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s))]
+    todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s),
+                                          plan.eval_max_pairs)]
     workers = max(1, min(workers or plan.workers, len(todo) or 1))
     if todo and progress:
         print(f"{len(todo)} of {len(specs)} runs to train ({plan.name} profile, {workers} at a time) in {paths.runs}",
@@ -368,7 +390,7 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
                 print(f"[{i + 1}/{len(todo)}] {spec.name}", file=sys.stderr, flush=True)
             ensure_run(spec, plan, paths, lower=spec in need_lower, progress=progress)
     elif todo:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # plain text: no widget warning in notebooks
 
         import torch
 
@@ -386,16 +408,18 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     return {s: paths.runs / s.name for s in specs}
 
 
-def load_result(run: str | Path, *, lower: bool = False, static_novel: bool = False) -> dict:
-    """A run's metrics.json (or the lower bound's, or an oracle's scored by the one-shot rule) with its training wall
-    time and variant added."""
+def load_result(run: str | Path, *, lower: bool = False, static_novel: bool = False,
+                max_pairs: int | None = None) -> dict:
+    """A run's metrics.json (or the lower bound's, or an oracle's scored by the one-shot rule; ``max_pairs``: the
+    evaluation on at most that many pairs) with its training wall time added."""
     from .evaluation import metrics_name
 
     run = Path(run)
-    path = run / metrics_name(lower, static_novel)
+    path = run / metrics_name(lower, static_novel, max_pairs=max_pairs)
     if not path.is_file():
         raise DatasetError(f"no {path.name} in {run}; train it with oshp.reproduce.ensure_run (or `oshp reproduce`)")
     result = json.loads(path.read_text())
+    result["metrics_file"] = path.name
     summary = run / "train.json"
     result["train_wall_time_s"] = json.loads(summary.read_text())["wall_time_s"] if summary.is_file() else None
     result["run"] = str(run)
@@ -415,6 +439,8 @@ def notebook_runs(notebook: str, datasets: Sequence[str] = ("atr",), seed: int =
     main = datasets[0]
     eop = RunSpec("eopnet", "k", 1, seed, main)
     key = notebook.split("_")[0]
+    if key == "00":
+        return [], []
     if key == "01":
         return [eop, RunSpec("eopnet", "1", 1, seed, main), dataclasses.replace(eop, variant="oracle"),
                 dataclasses.replace(eop, variant="scratch")], [eop]
@@ -468,14 +494,16 @@ def run_notebooks(profile: str, *, train_profile: str | None = None, out_dir: st
                   figures_dir: str | Path | None = None, datasets: Sequence[str] | None = None, seed: int = 0,
                   workers: int | None = None, notebooks: Sequence[str] | None = None, kernel: str | None = None,
                   log: Callable[[str], None] = print) -> list[Path]:
-    """Execute the notebooks with papermill into ``OUT/notebooks``, their parameters injected."""
+    """Execute the notebooks with papermill into ``OUT/notebooks``, each given the parameters it declares (paths
+    repository-relative where they can be, so that no machine's prefix ends up in a notebook)."""
     import papermill as pm
 
     root = repo_root()
     paths = resolve_paths(get_plan(profile, train_profile), out_dir=out_dir, data_root=data_root,
                           figures_dir=figures_dir, datasets=datasets)
-    params = dict(profile=profile, train_profile=train_profile, out_dir=str(paths.out), figures_dir=str(paths.figures), seed=seed,
-                  data_root=str(data_root) if data_root else None, datasets=list(paths.data), workers=workers)
+    params = dict(profile=profile, train_profile=train_profile, out_dir=shown_path(paths.out),
+                  figures_dir=shown_path(paths.figures), seed=seed, datasets=list(paths.data), workers=workers,
+                  data_root=shown_path(data_root) if data_root else None)
     done = []
     for nb in notebooks or NOTEBOOKS:
         source = root / "notebooks" / nb
@@ -483,20 +511,54 @@ def run_notebooks(profile: str, *, train_profile: str | None = None, out_dir: st
             raise FileNotFoundError(f"no notebook {source}; run `oshp reproduce` from a clone of the repository")
         target = paths.out / "notebooks" / nb
         target.parent.mkdir(parents=True, exist_ok=True)
+        declared = pm.inspect_notebook(str(source))
+        given = {k: v for k, v in params.items() if k in declared}
+        if "data_root" in declared and given.get("data_root") is None:  # the data notebook looks at this data
+            given["data_root"] = shown_path(paths.data[next(iter(paths.data))])
         started = time.time()
         log(f"notebook {nb} ...")
-        pm.execute_notebook(str(source), str(target), parameters=params, cwd=str(root), kernel_name=kernel,
+        pm.execute_notebook(str(source), str(target), parameters=given, cwd=str(root), kernel_name=kernel,
                             progress_bar=False, log_output=False)
-        log(f"notebook {nb}: {time.time() - started:.0f} s -> {target}")
+        log(f"notebook {nb}: {time.time() - started:.0f} s -> {shown_path(target)}")
         done.append(target)
     return done
+
+
+def publish_notebooks(executed: Sequence[Path], folder: str | Path | None = None) -> list[Path]:
+    """Copy executed notebooks over the repository's own (``notebooks/``) as a reader should open them: the cell
+    papermill injected is dropped (the parameters cell's defaults are the demo's), papermill's bookkeeping removed
+    and the execution counts renumbered. The cells' sources are the repository's; only their outputs change."""
+    import nbformat
+
+    folder = Path(folder) if folder else repo_root() / "notebooks"
+    written = []
+    for path in executed:
+        nb = nbformat.read(str(path), as_version=4)
+        nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+        nb.metadata.pop("papermill", None)
+        count = 0
+        for cell in nb.cells:
+            cell.metadata.pop("papermill", None)
+            cell.metadata.pop("execution", None)
+            if cell.cell_type == "code":
+                count += 1
+                cell.execution_count = count
+                for output in cell.get("outputs", []):
+                    if "execution_count" in output:
+                        output["execution_count"] = count
+        target = folder / Path(path).name
+        nbformat.write(nb, str(target))
+        written.append(target)
+    return written
 
 
 def reproduce(profile: str = "demo", *, out_dir: str | Path | None = None, data_root: str | Path | None = None,
               figures_dir: str | Path | None = None, datasets: Sequence[str] | None = None, seed: int = 0,
               workers: int | None = None, train_profile: str | None = None, notebooks: Sequence[str] | None = None,
-              kernel: str | None = None, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Every run, then every notebook: what `oshp reproduce` does. Returns a summary (also OUT/reproduce.json)."""
+              kernel: str | None = None, progress: bool = True, publish: bool = False,
+              log: Callable[[str], None] = print) -> dict:
+    """Every run, then every notebook: what `oshp reproduce` does. Returns a summary (also OUT/reproduce.json).
+    ``publish``: also copy the executed notebooks over the repository's (:func:`publish_notebooks`)."""
     plan = get_plan(profile, train_profile)
     paths = resolve_paths(plan, out_dir=out_dir, data_root=data_root, figures_dir=figures_dir, datasets=datasets)
     started = time.time()
@@ -509,6 +571,8 @@ def reproduce(profile: str = "demo", *, out_dir: str | Path | None = None, data_
     executed = run_notebooks(profile, train_profile=train_profile, out_dir=paths.out, data_root=data_root,
                              figures_dir=paths.figures, datasets=list(paths.data), seed=seed, workers=workers,
                              notebooks=chosen, kernel=kernel, log=log)
+    if publish:
+        publish_notebooks(executed)
     summary = {"profile": plan.name, "train_profile": plan.train_profile, "train_overrides": plan.train_overrides,
                "runs": len(runs), "notebooks": [str(p) for p in executed], "figures": str(paths.figures),
                "data_s": round(data_s, 1), "runs_s": round(runs_s, 1), "notebooks_s":
@@ -527,7 +591,7 @@ def measure_table5(profile: str | ReproducePlan, *, ways: int = 5, device: str =
     paper's backbones unless the plan says otherwise (smoke: its own small ones)."""
     from .benchmark import run_benchmark
     from .complexity import complexity
-    from .training import make_config
+    from .config import make_config
 
     plan = get_plan(profile)
     t5 = plan.table5

@@ -15,13 +15,11 @@ be overridden.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,109 +27,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, check_way, collate_episodes
+from .config import TrainConfig, config_from_dict
+from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
 from .data.layout import DatasetError, ReleaseLayoutDataset
-from .methods import build_model, get_method, method_settings
+from .methods import build_model, get_method
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
 LOG = "log.jsonl"
 SUMMARY = "train.json"
 CHECKPOINT_FORMAT = "oshp-checkpoint-1"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on. ``model_options`` are passed to the method (e.g. an EOPNetConfig field)."""
-
-    data_root: str = "data/synthetic"
-    dataset: str | None = None
-    fold: int = 1
-    way: str = "k"
-    method: str = "eopnet"
-    profile: str = "demo"
-    backbone: str = "mobilenetv3_small_100"
-    pretrained: bool = False
-    backbone_weights: str | None = None
-    image_size: int = 128
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 0.02
-    optimizer: str = "sgd"
-    """'sgd' (paper: SGD, momentum 0.9, weight decay 5e-4 as in the release) or 'adamw' (the CPU demo trains from
-    scratch for minutes, where SGD's slow start leaves the nearest-prototype head predicting background)."""
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9
-    lr_schedule: str = "poly"
-    """'poly': per-iteration poly decay (paper). 'release': the poly value applied every 10 epochs with the
-    optimiser re-created (momentum reset), as the authors' code does (facts 4)."""
-    pairs_per_epoch: int | None = None
-    """Cap on training episodes per epoch (None: every query of the query pool once, as in the paper)."""
-    one_way_pairs_per_class: int = 1500
-    fixed_supports: bool = False
-    release_pools: bool = False
-    """The release's 7,500-image meta-train query pool for LIP and CIHP too (paper: 14,000)."""
-    augment: bool = True
-    label_novel: bool = False
-    """The oracle bound (not one-shot): novel classes stay labelled in meta-training."""
-    pseudo_class_prob: float = 0.0
-    """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.pseudo)."""
-    val_pairs_per_class: int = 10
-    """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
-    workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    """bf16 autocast and channels-last on CUDA; ignored on the CPU."""
-    model_options: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PROFILES: dict[str, dict[str, Any]] = {
-    "paper": dict(backbone="xception65", pretrained=True, image_size=512, epochs=50, batch_size=2, lr=1e-3,
-                  pairs_per_epoch=None, val_pairs_per_class=15, workers=4),
-    # The demo fine-tunes the shipped synthetic-pretrained backbone (`oshp pretrain`, the stand-in for the paper's
-    # COCO-pretrained one) on a CPU: AdamW, because SGD's slow start leaves the nearest-prototype head predicting
-    # background everywhere in that budget (measured; see README).
-    "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=128,
-                 epochs=10, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, pairs_per_epoch=800,
-                 val_pairs_per_class=10, workers=0),
-    # A few minutes per run, to compare every method at one small budget on a CPU. Too short for EOP-Net's weight
-    # shifting to train its NPM head: its 1-way model predicts the class everywhere at this budget (README).
-    "quick": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=128,
-                  epochs=4, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, pairs_per_epoch=300,
-                  val_pairs_per_class=10, workers=0),
-    "smoke": dict(backbone="mobilenetv3_small_050", pretrained=False, image_size=64, epochs=2, batch_size=2,
-                  lr=0.01, pairs_per_epoch=8, one_way_pairs_per_class=2, val_pairs_per_class=1, workers=0),
-}
-
-
-def make_config(profile: str = "demo", **overrides: Any) -> TrainConfig:
-    """A profile's configuration, then the method's own settings for it (e.g. its paper backbone, its model options
-    on the small demo backbone), then ``overrides`` (``model_options`` are merged at each step, not replaced)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(fields)}")
-    values = dict(PROFILES[profile])
-    model_options = dict(values.pop("model_options", {}))
-    own = method_settings(overrides.get("method") or TrainConfig.method, profile)
-    model_options.update(own.pop("model_options"))
-    values.update(own)
-    model_options.update(overrides.pop("model_options", None) or {})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = TrainConfig(profile=profile, model_options=model_options, **values)
-    cfg.way = check_way(cfg.way)
-    if cfg.optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', not {cfg.optimizer!r}")
-    if cfg.lr_schedule not in ("poly", "release"):
-        raise ValueError(f"lr_schedule must be 'poly' or 'release', not {cfg.lr_schedule!r}")
-    return cfg
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -238,6 +143,10 @@ class Trainer:
         a CUDA device; True forces them on any device (CPU autocast runs bf16 too: the tests train the GPU path's
         dtypes and memory format this way on machines without a GPU); False keeps fp32."""
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        if self.out.exists() and not self.out.is_dir():
+            raise DatasetError(f"--out {self.out} is a file; a run is a folder: pass a folder path, e.g. runs/my_run")
+        # a run must be evaluable from any working directory: its data root is stored absolute
+        cfg.data_root = str(Path(cfg.data_root).expanduser().resolve())
         self.rank = int(os.environ.get("RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.device = resolve_device(cfg.device)
@@ -323,9 +232,16 @@ class Trainer:
 
     def train(self, *, resume: bool = False) -> dict:
         cfg = self.cfg
+        existing = run_files(self.out)
+        if existing and not resume:
+            raise DatasetError(f"{self.out} holds a run already ({', '.join(existing)}); continue it with --resume, "
+                               f"or train into another --out (a run folder never mixes two trainings)")
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and not self.resume() and self.rank == 0:
             print(f"no checkpoint in {self.out}; starting from epoch 0")
+        if self.start_epoch < cfg.epochs and self.rank == 0:
+            for stale in self.out.glob("metrics*.json"):  # they score a checkpoint this training replaces
+                stale.unlink()
         if self.rank == 0:
             atomic_write_json(cfg.to_json(), self.out / CONFIG)
         model = self.model
@@ -367,7 +283,7 @@ class Trainer:
         sums: dict[str, float] = {}
         iterator = loader
         if self.progress and self.rank == 0:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm  # plain text: no widget warning in notebooks
 
             iterator = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
         started = time.time()
@@ -383,7 +299,7 @@ class Trainer:
                             query_human=batch["query_human"], epoch=epoch, max_epoch=cfg.epochs)
             loss = out["loss"]
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch}, step {step}; "
+                raise FloatingPointError(f"the loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
                                          f"lower --lr (now {lr:g})")
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -392,8 +308,10 @@ class Trainer:
                 if key.startswith("loss") and isinstance(value, torch.Tensor):
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
             if self.progress and self.rank == 0:
-                iterator.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.2e}")
-        record = {"epoch": epoch, "lr": lr, "steps": steps, "beta": float(out.get("beta", float("nan"))),
+                iterator.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
+        beta = out.get("beta", float("nan"))
+        record = {"epoch": epoch, "lr": lr, "steps": steps,
+                  "beta": float(beta.detach() if isinstance(beta, torch.Tensor) else beta),
                   "epoch_time_s": round(time.time() - started, 2)}
         record.update({k: v / max(steps, 1) for k, v in sums.items()})
         return record
@@ -413,6 +331,15 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     return Trainer(cfg, out, progress=progress).train(resume=resume)
 
 
+def run_files(folder: str | Path) -> list[str]:
+    """The files of a training run in ``folder`` (empty when there is none, or no folder)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    names = [CONFIG, CHECKPOINT, LOG, SUMMARY]
+    return [n for n in names if (folder / n).exists()] + sorted(p.name for p in folder.glob("metrics*.json"))
+
+
 def read_history(run: str | Path) -> list[dict]:
     """The per-epoch log of a run (losses, learning rate, held-out accuracies), for tables and Fig. 7."""
     path = Path(run) / LOG
@@ -428,8 +355,4 @@ def config_from_run(run: str | Path) -> TrainConfig:
     return config_from_dict(json.loads(path.read_text()))
 
 
-def config_from_dict(data: dict) -> TrainConfig:
-    """A TrainConfig from its JSON form (config.json or a checkpoint); keys of newer versions are ignored."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in data.items() if k in known})
 

@@ -17,7 +17,8 @@ from oshp.evaluation import evaluate_run
 from oshp.methods import build_model
 from oshp.models.amp import AMP, adapt_weights, build, cosine_scores, fuse_levels, masked_proxies, pick_levels
 from oshp.models.episode import LOW_LOGIT
-from oshp.training import make_config, train
+from oshp.config import make_config
+from oshp.training import train
 
 TINY = "mobilenetv3_small_050"
 

@@ -21,7 +21,8 @@ from oshp.benchmark import (
 from oshp.cli import main
 from oshp.methods import METHODS
 from oshp.models.eopnet import EOPNet, EOPNetConfig, SupportCache
-from oshp.training import CHECKPOINT, make_config, model_from_config, train
+from oshp.config import make_config
+from oshp.training import CHECKPOINT, model_from_config, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -27,8 +27,8 @@ def _good(tmp_path: Path, dataset: str = "lip", n_train: int = 6, n_test: int = 
 @pytest.mark.parametrize("dataset", ["atr", "lip", "cihp"])
 def test_good_dataset_has_no_problems(tmp_path, dataset):
     root, train, test = _good(tmp_path, dataset)
-    assert check_dataset(root) == []  # vocabulary from oshp_dataset.json
-    assert check_dataset(root, dataset, deep=False) == []
+    assert check_dataset(root, pair_rule=False) == []  # vocabulary from oshp_dataset.json
+    assert check_dataset(root, dataset, deep=False, pair_rule=False) == []
     report = format_report([], root)
     assert report.startswith(f"OK: {root}") and f"{len(train)} train / {len(test)} test images checked" in report
 
@@ -37,7 +37,7 @@ def test_unsorted_lists_are_fine(tmp_path):
     train, test = example_ids("cihp", 4, 2)
     root = fabricate_release(tmp_path / "ds", "cihp", train[::-1], test[::-1], sort_lists=False)
     assert (root / "list" / "meta_train_id.txt").read_text().split() == train[::-1]
-    assert check_dataset(root) == []
+    assert check_dataset(root, pair_rule=False) == []
 
 
 def test_problem_str_and_report():
@@ -48,7 +48,7 @@ def test_problem_str_and_report():
 
 
 def test_missing_root(tmp_path):
-    problems = check_dataset(tmp_path / "nope", "atr")
+    problems = check_dataset(tmp_path / "nope", "atr", pair_rule=False)
     assert len(problems) == 1
     assert problems[0].path == str(tmp_path / "nope") and "does not exist" in problems[0].message
     assert "oshp prepare" in problems[0].fix
@@ -58,7 +58,7 @@ def test_missing_folders_and_list_files(tmp_path):
     root, train, test = _good(tmp_path, "atr")
     shutil.rmtree(root / "Category_rev_ids")
     shutil.rmtree(root / "trainval_images")
-    problems = check_dataset(root)
+    problems = check_dataset(root, pair_rule=False)
     by_path = {p.path: p for p in problems}
     assert set(by_path) == {str(root / "Category_rev_ids"), str(root / "trainval_images")}
     assert all("missing folder" in p.message for p in problems)
@@ -67,29 +67,29 @@ def test_missing_folders_and_list_files(tmp_path):
     root2, _, _ = _good(tmp_path / "b", "atr")
     (root2 / "list" / "meta_test_id.txt").unlink()
     write_id_list(root2 / "list" / "meta_train_id.txt", [])
-    problems = {p.path: p for p in check_dataset(root2)}
+    problems = {p.path: p for p in check_dataset(root2, pair_rule=False)}
     assert "missing list file" in problems[str(root2 / "list" / "meta_test_id.txt")].message
     assert "empty" in problems[str(root2 / "list" / "meta_train_id.txt")].message
 
     root3, _, _ = _good(tmp_path / "c", "atr")
     shutil.rmtree(root3 / "list")
-    assert [p.path for p in check_dataset(root3)] == [str(root3 / "list")]
+    assert [p.path for p in check_dataset(root3, pair_rule=False)] == [str(root3 / "list")]
 
 
 def test_dataset_needed_without_metadata(tmp_path):
     root, _, _ = _good(tmp_path, "cihp", meta=False)
     with pytest.raises(DatasetError, match="--dataset"):
-        check_dataset(root)
-    assert check_dataset(root, "cihp") == []
+        check_dataset(root, pair_rule=False)
+    assert check_dataset(root, "cihp", pair_rule=False) == []
 
 
 def test_metadata_disagreeing_with_dataset(tmp_path):
     root, _, _ = _good(tmp_path, "cihp")
-    problems = check_dataset(root, "lip")
+    problems = check_dataset(root, "lip", pair_rule=False)
     assert [p.path for p in problems] == [str(root / "oshp_dataset.json")]
     assert "--dataset cihp" in problems[0].fix
     (root / "oshp_dataset.json").write_text("{not json")
-    problems = check_dataset(root, "cihp")
+    problems = check_dataset(root, "cihp", pair_rule=False)
     assert [p.path for p in problems] == [str(root / "oshp_dataset.json")] and "JSON" in problems[0].message
 
 
@@ -127,7 +127,7 @@ def test_broken_dataset_reports_each_planted_problem_once(tmp_path):
     save_label_map(lab / "orphan_label.png", np.zeros((16, 24), np.uint8))
     (img / "notes.txt").write_text("stray")
 
-    problems = check_dataset(root)
+    problems = check_dataset(root, pair_rule=False)
     text = "\n".join(map(str, problems))
     expected = [  # (path, words in the message)
         (img / f"{no_image}.jpg", "no image"),
@@ -166,8 +166,8 @@ def test_truncated_image_needs_deep(tmp_path):
     path = root / "trainval_images" / f"{train[0]}.jpg"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    assert check_dataset(root, deep=False) == []
-    problems = check_dataset(root, deep=True)
+    assert check_dataset(root, deep=False, pair_rule=False) == []
+    problems = check_dataset(root, deep=True, pair_rule=False)
     assert [p.path for p in problems] == [str(path)] and "corrupt image" in problems[0].message
 
 
@@ -175,7 +175,7 @@ def test_many_problems_of_one_kind_are_summarised(tmp_path):
     root, train, test = _good(tmp_path, "cihp", n_train=24, n_test=3, size=(8, 6))
     for image_id in train:
         (root / "Category_rev_ids" / f"{image_id}.png").unlink()
-    problems = check_dataset(root)
+    problems = check_dataset(root, pair_rule=False)
     assert len(problems) == 1
     assert problems[0].path == str(root / "Category_rev_ids")
     assert "24 listed ids with no file in Category_rev_ids" in problems[0].message
@@ -190,7 +190,7 @@ def test_prepared_dataset_with_moved_source(tmp_path):
     src = fabricate_original(tmp_path / "raw", "atr", train, test)
     prepare_dataset("atr", src["root"], tmp_path / "out", ids={"train": train, "test": test}, progress=False)
     os.rename(src["root"], tmp_path / "elsewhere")
-    problems = check_dataset(tmp_path / "out")
+    problems = check_dataset(tmp_path / "out", pair_rule=False)
     assert len(problems) == 10  # every image and label link dangles
     assert all("broken symbolic link" in p.message and "--source" in p.fix for p in problems)
 
@@ -198,5 +198,5 @@ def test_prepared_dataset_with_moved_source(tmp_path):
 def test_process_pool_and_progress(tmp_path, monkeypatch):
     root, _, _ = _good(tmp_path, "lip")
     monkeypatch.setattr(parallel_mod, "POOL_THRESHOLD", 0)
-    assert check_dataset(root, progress=True) == []
+    assert check_dataset(root, progress=True, pair_rule=False) == []
     json.loads((root / "oshp_dataset.json").read_text())

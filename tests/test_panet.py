@@ -154,7 +154,8 @@ def test_dilate_to_stride_on_a_flat_body():
 
 def test_smoke_train_and_evaluate_one_way(tiny_synthetic, tmp_path):
     from oshp.evaluation import evaluate_run
-    from oshp.training import make_config, train
+    from oshp.config import make_config
+    from oshp.training import train
 
     run = tmp_path / "panet"
     cfg = make_config("smoke", method="panet", way="1", fold=1, data_root=str(tiny_synthetic.root), epochs=1,

@@ -160,7 +160,8 @@ def test_paper_configuration_size():
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     from oshp.evaluation import evaluate_run
-    from oshp.training import make_config, train
+    from oshp.config import make_config
+    from oshp.training import train
 
     run = tmp_path / "pfenet"
     cfg = make_config("smoke", method="pfenet", way="1", data_root=str(tiny_synthetic.root), epochs=1,

@@ -15,7 +15,8 @@ from oshp.evaluation import evaluate_run
 from oshp.methods import build_model, get_method
 from oshp.models.episode import LOW_LOGIT
 from oshp.models.popnet import KnowledgeInfusion, POPNet, POPNetConfig, build, stage_plan
-from oshp.training import make_config, read_history, train
+from oshp.config import make_config
+from oshp.training import read_history, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

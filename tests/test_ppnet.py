@@ -144,7 +144,8 @@ def test_paper_configuration_size_matches_table5():
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     from oshp.evaluation import evaluate_run
-    from oshp.training import make_config, train
+    from oshp.config import make_config
+    from oshp.training import train
 
     run = tmp_path / "ppnet"
     cfg = make_config("smoke", method="ppnet", way="1", data_root=str(tiny_synthetic.root), epochs=1,

@@ -12,7 +12,8 @@ from oshp.data.pseudo import paste_pseudo_class
 from oshp.evaluation import _suppress_novel
 from oshp.methods import build_model
 from oshp.models.backbone import DeepLabFeatures
-from oshp.pretrain import BACKBONE_FILE, PretrainConfig, pretrain, resolve_backbone_weights, shipped_backbone
+from oshp.config import PretrainConfig
+from oshp.pretrain import BACKBONE_FILE, pretrain, resolve_backbone_weights, shipped_backbone
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

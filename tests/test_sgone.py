@@ -145,7 +145,8 @@ def test_paper_configuration_size_on_meta():
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     from oshp.evaluation import evaluate_run
-    from oshp.training import make_config, train
+    from oshp.config import make_config
+    from oshp.training import train
 
     run = tmp_path / "sgone"
     cfg = make_config("smoke", method="sgone", data_root=str(tiny_synthetic.root), epochs=1, val_pairs_per_class=0)

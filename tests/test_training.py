@@ -12,7 +12,8 @@ from PIL import Image
 from oshp.cli import main
 from oshp.data.layout import DatasetError
 from oshp.evaluation import evaluate_run
-from oshp.training import CHECKPOINT, Trainer, make_config, poly_lr, train
+from oshp.config import make_config
+from oshp.training import CHECKPOINT, Trainer, poly_lr, train
 
 
 def smoke(ds, **overrides):

@@ -237,9 +237,12 @@ def _scan(folder: Path) -> tuple[dict[str, str], list[tuple[str, str]]]:
 
 
 def check_dataset(
-    root: str | Path, dataset: str | None = None, *, progress: bool = False, deep: bool = True
+    root: str | Path, dataset: str | None = None, *, progress: bool = False, deep: bool = True, pair_rule: bool = True
 ) -> list[Problem]:
     """Every problem of the release-layout dataset at ``root`` (empty list = ready to use).
+
+    ``pair_rule``: also check, once the files are sound, that the meta-test pair rule can be met (train, evaluate and
+    pairs need it); off only to check the files of a dataset too small to be evaluated.
 
     ``dataset`` names the vocabulary; without it ``oshp_dataset.json`` must say (else DatasetError asking for
     --dataset). ``deep`` also decodes every image and compares each flipped map with
@@ -249,6 +252,9 @@ def check_dataset(
     if not root.is_dir():
         what = "dataset root is a file, not a folder" if root.exists() else "dataset root does not exist"
         return [Problem(str(root), what, f"check the path, or {_prepare_hint(root)}")]
+    if not any(root.iterdir()):
+        return [Problem(str(root), "the folder is empty", f"point --data-root at a dataset, or "
+                        f"{_prepare_hint(root, dataset or 'atr|lip|cihp')}")]
     problems = _Collector()
     spec = _resolve_spec(root, dataset, problems)
 
@@ -388,7 +394,19 @@ def check_dataset(
     for found in _run(tasks, progress):
         for kind, path, message, fix in found:
             problems.add(kind, path, message, fix, summary=summaries[kind])
+    if pair_rule and not problems.problems():  # the labels are sound: can train, evaluate and pairs draw the meta-test pairs?
+        _check_pair_rule(root, spec, problems, progress)
     return problems.problems()
+
+
+def _check_pair_rule(root: Path, spec: DatasetSpec, problems: _Collector, progress: bool) -> None:
+    from .pairs import build_meta_test_pairs
+
+    try:
+        build_meta_test_pairs(spec, root, progress=progress)
+    except DatasetError as err:
+        problems.add("pair_rule", root / META_FILE, f"the meta-test pairs cannot be drawn: {err}",
+                     "add test images, or set a smaller queries_per_class / supports_per_query in this file")
 
 
 def format_report(problems: list[Problem], root: str | Path) -> str:

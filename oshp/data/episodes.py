@@ -24,6 +24,7 @@ from .layout import DatasetError, ReleaseLayoutDataset
 from .pairs import meta_train_pools, support_index_from_dataset
 from .transforms import apply_joint, resize_transform, training_transform
 from .vocab import (
+    check_way,
     BACKGROUND,
     DatasetSpec,
     binary_labels,
@@ -32,16 +33,8 @@ from .vocab import (
     restrict_to_classes,
 )
 
-WAYS = ("k", "1")
 MAX_AUGMENT_TRIES = 5
 MAX_SUPPORT_TRIES = 10
-
-
-def check_way(way: str) -> str:
-    way = str(way).lower().removesuffix("way").removesuffix("-")
-    if way not in WAYS:
-        raise ValueError(f"way must be 'k' (k-way) or '1' (1-way), not {way!r}")
-    return way
 
 
 def make_episode(spec: DatasetSpec, keep: Sequence[int], query_image: torch.Tensor, query_raw: np.ndarray,

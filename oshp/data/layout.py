@@ -75,11 +75,20 @@ def write_dataset_meta(root: Path | str, meta: dict) -> None:
     path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
-def load_rgb(path: Path | str) -> np.ndarray:
-    """HxWx3 uint8 image; a clear error for missing or unreadable files."""
-    path = Path(path)
+def _check_input_file(path: Path, kind: str, role: str | None) -> None:
+    """A clear error for an input that is missing or a folder; ``role`` names the user's flag (e.g. ``--query``),
+    else the file is a dataset's and `oshp check-data` lists every such problem."""
+    if path.is_dir():
+        raise DatasetError(f"{role + ' ' if role else ''}{path} is a folder; pass one {kind} file")
     if not path.is_file():
-        raise DatasetError(f"missing image {path}; run `oshp check-data` on the dataset root to list every problem")
+        fix = "check the path" if role else "run `oshp check-data` on the dataset root to list every problem"
+        raise DatasetError(f"missing {kind}{' (' + role + ')' if role else ''} {path}; {fix}")
+
+
+def load_rgb(path: Path | str, role: str | None = None) -> np.ndarray:
+    """HxWx3 uint8 image; a clear error for missing or unreadable files (``role``: the flag that named it)."""
+    path = Path(path)
+    _check_input_file(path, "image", role)
     try:
         with Image.open(path) as img:
             return np.array(img.convert("RGB"))
@@ -87,11 +96,10 @@ def load_rgb(path: Path | str) -> np.ndarray:
         raise DatasetError(f"cannot read image {path} ({err}); the file is corrupt, replace it") from err
 
 
-def load_label_map(path: Path | str, spec: DatasetSpec | None = None) -> np.ndarray:
+def load_label_map(path: Path | str, spec: DatasetSpec | None = None, role: str | None = None) -> np.ndarray:
     """HxW uint8 raw label ids. Colour (RGB) label images are refused with an explanation."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing label map {path}; run `oshp check-data` on the dataset root to list every problem")
+    _check_input_file(path, "label map", role)
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):

@@ -149,7 +149,8 @@ def support_index_from_dataset(ds: ReleaseLayoutDataset, split: str, *, use_cach
 
 def meta_test_pairs(index: SupportIndex, class_order: Sequence[int], *,
                     queries_per_class: int = QUERIES_PER_CLASS,
-                    supports_per_query: int = SUPPORTS_PER_QUERY, describe: str = "") -> list[Pair]:
+                    supports_per_query: int = SUPPORTS_PER_QUERY, describe: str = "",
+                    spec: DatasetSpec | None = None) -> list[Pair]:
     """The release's deterministic pair rule (facts 1.6), as positions into the split's id list."""
     used_queries: set[int] = set()
     used_supports: set[int] = set()
@@ -159,11 +160,14 @@ def meta_test_pairs(index: SupportIndex, class_order: Sequence[int], *,
         needed = queries_per_class * supports_per_query
         supports = [s for s in index.support.get(c, ()) if s not in used_supports][:needed]
         if len(queries) < queries_per_class or len(supports) < needed:
+            name = f"'{spec.class_name(c)}'" if spec is not None else str(c)
             raise DatasetError(
-                f"{describe}class {c}: the pair rule needs {queries_per_class} unused query-pool images and "
-                f"{needed} unused support-pool images containing it, but found {len(queries)} and {len(supports)} "
-                f"(query pool = first {index.query_pool} of {index.num_images} test ids). Use a larger test split "
-                f"or fewer pairs per class (--queries-per-class / --supports-per-query)."
+                f"{describe}class {name}: the meta-test pair rule needs {queries_per_class} unused query-pool images "
+                f"and {needed} unused support-pool images containing it, but found {len(queries)} and "
+                f"{len(supports)} (query pool = first {index.query_pool} of {index.num_images} test ids). Use a "
+                f"larger test split (`oshp synth --test N`), or a smaller rule: queries_per_class and "
+                f"supports_per_query in the dataset's oshp_dataset.json (`oshp synth --queries-per-class Q "
+                f"--supports-per-query S` writes them), which train, evaluate and pairs read."
             )
         used_queries.update(queries)
         used_supports.update(supports)
@@ -218,14 +222,14 @@ def build_meta_test_pairs(dataset: str | DatasetSpec, data_root: str | Path | No
     if data_root is None:
         index = released_support_index(spec, "test")
         ids = list(official_ids(spec.key, "test"))
-        source = "released support index (data/datasets/ATR_OS/support/meta_test_atr_supports.pkl)"
+        source = "released support index (shipped with oshp: oshp/data/official/ATR_OS/meta_test_atr_supports.json)"
     else:
         ds = ReleaseLayoutDataset.open(data_root, spec)
         index = support_index_from_dataset(ds, "test", progress=progress)
         ids = ds.ids("test")
         source = f"label maps under {ds.root}"
     pairs = meta_test_pairs(index, spec.rarest_first, queries_per_class=queries_per_class,
-                            supports_per_query=supports_per_query, describe=f"{spec.display}: ")
+                            supports_per_query=supports_per_query, describe=f"{spec.display}: ", spec=spec)
     rows = coverage(pairs, index, spec)
     return {
         "dataset": spec.key,
@@ -247,6 +251,8 @@ def load_pairs(path: str | Path) -> list[dict]:
             p["query"], p["support"], p["class_id"] = str(p["query"]), str(p["support"]), int(p["class_id"])
     except FileNotFoundError as err:
         raise DatasetError(f"missing pairs file {path}; write one with `oshp pairs --dataset D --out {path}`") from err
+    except IsADirectoryError as err:
+        raise DatasetError(f"--pairs {path} is a folder; pass the pairs JSON file written by `oshp pairs`") from err
     except (KeyError, TypeError, ValueError) as err:
         raise DatasetError(f"{path} is not a pairs file written by `oshp pairs` ({err}); regenerate it") from err
     return pairs

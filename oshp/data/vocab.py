@@ -293,3 +293,15 @@ def validate_label_values(label: np.ndarray, spec: DatasetSpec, where: str = "la
             f"(0..{spec.num_raw_classes - 1}, and 255 = ignore). Is this a label map of {spec.key.upper()}, "
             f"saved as a single-channel (mode 'L' or 'P') PNG of class ids rather than a colour image?"
         )
+
+
+WAYS = ("k", "1")
+"""k-way (every class of the support at once) and 1-way (one class, foreground against background)."""
+
+
+def check_way(way: str) -> str:
+    """'k', '1', 'kway', '1-way' ... -> 'k' or '1'; anything else is a clear error."""
+    way = str(way).lower().removesuffix("way").removesuffix("-")
+    if way not in WAYS:
+        raise ValueError(f"way must be 'k' (k-way) or '1' (1-way), not {way!r}")
+    return way

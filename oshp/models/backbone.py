@@ -13,6 +13,7 @@ Any timm ``features_only`` model works: the stride-4 map and the deepest map are
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 
 import timm
@@ -49,10 +50,11 @@ class SeparableConvBlock(nn.Sequential):
         )
 
 
-def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_checkpoint_file(path: str | os.PathLike, expected_backbone: str | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.pth/.pt/.bin/.ckpt`` (torch) or ``.safetensors``; unwrap common containers.
 
-    Raises FileNotFoundError naming the path and the fix when the file is missing.
+    Raises FileNotFoundError naming the path and the fix when the file is missing, and a one-line ValueError when the
+    file is not plain weights or (``expected_backbone``) declares another backbone, as `oshp pretrain` files do.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -70,8 +72,19 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as err:  # torch's multi-page advisory is not for this user
+            raise ValueError(f"{path!r} is not a plain weights file (it holds Python objects, e.g. an oshp run's "
+                             f"checkpoint.pt, which carries its optimiser): pass a backbone file written by `oshp "
+                             f"pretrain` (OUT/backbone.pt), a timm state dict, or 'synthetic'") from err
         except Exception as err:
-            raise ValueError(f"could not read {path!r} as a torch checkpoint ({type(err).__name__}: {err})") from err
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise ValueError(f"could not read {path!r} as a torch checkpoint ({type(err).__name__}: {first_line}); "
+                             f"the file is corrupt or not a checkpoint") from err
+    declared = sd.get("backbone") if isinstance(sd, Mapping) and isinstance(sd.get("backbone"), str) else None
+    if declared is not None and expected_backbone is not None and declared != expected_backbone:
+        raise ValueError(f"{path!r} holds weights of backbone {declared!r} (written by `oshp pretrain`), but this model "
+                         f"uses {expected_backbone!r}: pass --backbone {declared}, or a checkpoint of "
+                         f"{expected_backbone!r}")
     for key in ("state_dict", "model", "state_dict_ema", "model_state"):
         if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
             sd = sd[key]
@@ -182,7 +195,7 @@ class TimmFeatures(nn.Module):
 
     def load_weights(self, path: str | os.PathLike) -> None:
         """A timm state dict of this backbone, or a saved TimmFeatures state dict (keys ``body.*``)."""
-        sd = load_checkpoint_file(path)
+        sd = load_checkpoint_file(path, self.name)
         if any(k.startswith("body.") for k in sd):
             sd = {k[len("body."):]: v for k, v in sd.items() if k.startswith("body.")}
         load_timm_state(self.body, sd, path, self.name)
@@ -249,7 +262,7 @@ class DeepLabFeatures(nn.Module):
     # ------------------------------------------------------------------------------------------------ weights
     def load_weights(self, path: str | os.PathLike) -> None:
         """Load a local checkpoint (see the class docstring); clear errors for missing files and mismatched keys."""
-        sd = load_checkpoint_file(path)
+        sd = load_checkpoint_file(path, self.name)
         if any(k.startswith("backbone.body.") for k in sd):  # an EOPNet checkpoint
             sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         if any(k.startswith("body.") for k in sd):
@@ -266,10 +279,14 @@ class DeepLabFeatures(nn.Module):
                 f"checkpoint {os.fspath(path)!r} does not match this DeepLabFeatures: missing keys "
                 f"{result_missing[:5]} ({len(result_missing)}), unexpected keys {unexpected[:5]} ({len(unexpected)})"
             )
-        try:
-            module.load_state_dict(sd, strict=True)
-        except RuntimeError as err:
-            raise ValueError(f"checkpoint {os.fspath(path)!r} has tensors of the wrong shape: {err}") from err
+        target = module.state_dict()
+        bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}" for k, v in sd.items()
+               if v.shape != target[k].shape]
+        if bad:
+            raise ValueError(f"checkpoint {os.fspath(path)!r} has {len(bad)} tensors of another shape than this "
+                             f"{getattr(module, 'name', 'model')!r} backbone (first: {bad[0]}): is it a checkpoint of "
+                             f"another backbone or embedding width?")
+        module.load_state_dict(sd, strict=True)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
