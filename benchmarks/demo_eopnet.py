@@ -4,7 +4,7 @@ Trains EOP-Net with a profile (default ``demo``) k-way and 1-way on both ATR fol
 the meta-test pairs, scores the lower bound "background everywhere" on the same pairs, and writes:
 
 * ``OUT/demo_results.json``: every run's metrics, training wall time, the device and the settings;
-* a Markdown table on stdout (pasted into the README);
+* a Markdown table on stdout (pasted into docs/synthetic-results.md);
 * ``FIGURE`` (k-way) and ``FIGURE`` with suffix ``_1way`` (1-way): fold 1 parses of the novel classes
   (skirt, pants, dress) from one support each.
 

@@ -1,4 +1,4 @@
-"""Every method of the registry on the synthetic data, demo profile, both folds, k-way and 1-way (issue #4).
+"""Every method of the registry on the synthetic data, demo profile, both folds, k-way and 1-way.
 
 A script, not a test. For each method in the settings the paper gives it (k-way rows of Tables 1-3: Fine-Tuning,
 SG-One, AMP, POPNet, EOP-Net; 1-way rows: all eight) and each fold, trains with the same profile and budget, evaluates

@@ -1,4 +1,4 @@
-"""What synthetic pretraining buys, between its bounds (issue #6): a script, not a test.
+"""What synthetic pretraining buys, between its bounds: a script, not a test.
 
 On the demo profile (EOP-Net on the synthetic data, 2-core CPU budget), for each fold, way and seed:
   (a) scratch     the backbone from random weights;

@@ -1,4 +1,4 @@
-"""Table 4 over several seeds at a reproduction profile's budget (issue #6: is the paper's ordering visible?).
+"""Table 4 over several seeds at a reproduction profile's budget (is the paper's ordering visible?).
 
 A script, not a test. Trains (or reuses) the six Table 4 rows of EOP-Net, k-way fold 1, for each seed, in the
 reproduction's run folder (seed 0 is the one `oshp reproduce` trains), and writes the mean and standard deviation

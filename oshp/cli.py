@@ -453,7 +453,7 @@ def _add_reproduce(sub) -> None:
     p = sub.add_parser(
         "reproduce", help="train every run and execute every notebook: all tables and figures",
         description="Regenerate every table and figure: trains the runs the notebooks need (skipping runs whose "
-                    "metrics exist, so an interrupted reproduction resumes), then executes notebooks/01-07 with "
+                    "metrics exist, so an interrupted reproduction resumes), then executes notebooks/00-07 with "
                     "papermill into OUT/notebooks, writing figures (PNG and PDF) and tables (Markdown, CSV, LaTeX) "
                     "into --figures. Profiles: " + "; ".join(f"{k}: {v.description}" for k, v in PLANS.items()))
     p.add_argument("--profile", choices=tuple(PLANS), default="demo")

@@ -74,12 +74,12 @@ PROFILES: dict[str, dict[str, Any]] = {
                   pairs_per_epoch=None, val_pairs_per_class=15, workers=4),
     # The demo fine-tunes the shipped synthetic-pretrained backbone (`oshp pretrain`, the stand-in for the paper's
     # COCO-pretrained one) on a CPU: AdamW, because SGD's slow start leaves the nearest-prototype head predicting
-    # background everywhere in that budget (measured; see README).
+    # background everywhere in that budget (measured; docs/synthetic-results.md).
     "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=128,
                  epochs=10, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, pairs_per_epoch=800,
                  val_pairs_per_class=10, workers=0),
     # A few minutes per run, to compare every method at one small budget on a CPU. Too short for EOP-Net's weight
-    # shifting to train its NPM head: its 1-way model predicts the class everywhere at this budget (README).
+    # shifting to train its NPM head: its 1-way model predicts the class everywhere at this budget (docs/synthetic-results.md).
     "quick": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=128,
                   epochs=4, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4, pairs_per_epoch=300,
                   val_pairs_per_class=10, workers=0),

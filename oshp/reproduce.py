@@ -1,4 +1,4 @@
-"""Regenerate every table and figure (issue #5): the runs each notebook needs, trained once and reused, and the
+"""Regenerate every table and figure: the runs each notebook needs, trained once and reused, and the
 papermill batch that executes the notebooks.
 
 A reproduction profile is a training budget plus the data it runs on:
@@ -275,7 +275,7 @@ def prepare_data(profile: str | ReproducePlan, paths: Paths, *, progress: bool =
             continue
         if plan.synthetic is None or name != "atr":
             raise DatasetError(f"no {name} dataset at {root}: prepare it with `oshp prepare --dataset {name} ...` "
-                               f"(see README) and pass its folder with --data-root")
+                               f"(docs/data.md) and pass its folder with --data-root")
         if root.exists() and any(root.iterdir()):
             raise DatasetError(f"{root} exists but holds no dataset (no list/ folder); remove it or pass another "
                                f"--data-root")

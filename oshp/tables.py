@@ -188,7 +188,7 @@ def complexity_table(complexities: Sequence[dict], benchmark: dict | None = None
 
 
 def bounds_table(results: dict[str, dict]) -> list[dict[str, Any]]:
-    """What a run reaches between its bounds (issue #6): ``results`` maps a row name (e.g. 'scratch',
+    """What a run reaches between its bounds: ``results`` maps a row name (e.g. 'scratch',
     'pretrained', 'oracle', 'lower bound') to a metrics.json; novel, base and human mIoU (and Bi-mIoU for 1-way)."""
     return [{"run": name, **{k: r.get(k) for k in ("novel_miou", "base_miou", "human_miou", "binary_miou")}}
             for name, r in results.items()]
@@ -207,7 +207,7 @@ BOUND_COLUMNS = (("scratch", "(a) scratch"), ("pretrained", "(b) pretrained"), (
 
 
 def bounds_by_setting_markdown(summary: Sequence[dict]) -> str:
-    """The bounds over seeds as the README shows them: a row per way and fold, a column per bound, each cell
+    """The bounds over seeds as docs/synthetic-results.md shows them: a row per way and fold, a column per bound, each cell
     'novel / base / human' mean ± std (1-way: with the Bi-mIoU mean) and its number of seeds."""
     cells: dict[tuple, dict[str, str]] = {}
     for r in summary:
