@@ -1,7 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.10+, no GPU, no conda needed):
 #   make demo   -- set up .venv, generate the synthetic dataset and draw a sample of it
 #   make test   -- set up .venv and run the test suite
-#   make reproduce -- every table and figure of the paper on the synthetic data (demo profile, ~30 min on 2 cores)
+#   make reproduce -- every table and figure of the paper on the synthetic data (demo profile, about 20 min on 2 cores)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -6,7 +6,7 @@ A reproduction profile is a training budget plus the data it runs on:
 - ``smoke``: a tiny synthetic dataset generated into the output folder and the ``smoke`` training profile (seconds
   a run). CI runs the notebooks this way through nbval; the numbers check that nothing breaks and mean nothing.
 - ``demo``: the synthetic dataset (``oshp synth``; generated when missing) and the ``quick`` training budget, cut so
-  that every run of every notebook (34 runs) fits in about 30 minutes on a 2-core CPU. The single-run ``demo``
+  that every run of every notebook (34 runs) fits in about 20 minutes on a 2-core CPU. The single-run ``demo``
   training profile (`oshp train --profile demo`) is longer; ``--train-profile demo`` uses it here (hours).
 - ``paper``: the real datasets and the paper's configuration (``paper`` training profile), meant for GPUs.
 
@@ -127,7 +127,7 @@ PLANS: dict[str, ReproducePlan] = {
                                                                     max_time_s=10.0, sweep_budget_s=30.0,
                                                                     train_steps=0, fast_check_episodes=1)),
         description="the synthetic data, 3 epochs x 200 episodes a run (128 px, the shipped synthetic-pretrained "
-                    "backbone), 110 meta-test pairs an evaluation: every table and figure in about 30 minutes on 2 "
+                    "backbone), 110 meta-test pairs an evaluation: every table and figure in about 20 minutes on 2 "
                     "CPU cores"),
     "paper": ReproducePlan(
         "paper", "paper", eval_max_pairs=None, val_pairs_per_class=15, synthetic=None, data_root=None,
