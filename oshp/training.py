@@ -236,6 +236,8 @@ class Trainer:
         if existing and not resume:
             raise DatasetError(f"{self.out} holds a run already ({', '.join(existing)}); continue it with --resume, "
                                f"or train into another --out (a run folder never mixes two trainings)")
+        if self.world > 1:  # every rank has looked before rank 0 writes: they all see the same folder
+            torch.distributed.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and not self.resume() and self.rank == 0:
             print(f"no checkpoint in {self.out}; starting from epoch 0")

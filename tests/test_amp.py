@@ -161,7 +161,7 @@ def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert {"loss", "loss_query", "loss_support", "val_mean_novel_acc"} <= set(log[-1])
     result = evaluate_run(run, max_pairs=4, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     assert metrics["method"] == "amp" and result["way"] == "k"
     for key in ("novel_miou", "base_miou", "human_miou", "mean_base_acc", "mean_novel_acc", "per_class_iou"):
         assert key in metrics, key

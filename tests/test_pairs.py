@@ -59,7 +59,7 @@ def test_rule_on_a_hand_made_index():
     index = SupportIndex.from_classes([{1, 2}, {1, 2}, {1}, {1, 2}, {1, 2}, {1}, {2}, {1}], "test", query_pool=3)
     pairs = meta_test_pairs(index, (2, 1), queries_per_class=1, supports_per_query=2)
     assert [(p.query, p.support, p.class_id) for p in pairs] == [(0, 3, 2), (0, 4, 2), (1, 5, 1), (1, 7, 1)]
-    with pytest.raises(DatasetError, match="class 1: the pair rule needs 2 unused query-pool images"):
+    with pytest.raises(DatasetError, match="class 1: the meta-test pair rule needs 2 unused query-pool images"):
         meta_test_pairs(index, (2, 1), queries_per_class=2, supports_per_query=1)
 
 

@@ -163,7 +163,7 @@ def test_smoke_train_and_evaluate_one_way(tiny_synthetic, tmp_path):
     summary = train(cfg, run, progress=False)
     assert {"loss_query", "loss_par"} <= set(summary["history"][0])
     evaluate_run(run, max_pairs=4, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     assert metrics["method"] == "panet" and metrics["way"] == "1" and metrics["binary_miou"] is not None
     for key in ("novel_miou", "base_miou", "human_miou", "per_class_iou"):
         assert key in metrics, key

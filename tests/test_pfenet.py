@@ -171,7 +171,7 @@ def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     assert paper.backbone == "resnet50" and paper.lr == 2.5e-3 and paper.model_options["eval_size"] == 512
     train(cfg, run, progress=False)
     result = evaluate_run(run, max_pairs=4, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     assert result["way"] == "1" and metrics["method"] == "pfenet"
     for key in ("binary_miou", "novel_miou", "per_class_iou", "overall_acc"):
         assert key in metrics, key

@@ -182,7 +182,7 @@ def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     assert "loss_coarse" in log[0] and "loss_fine" not in log[0]  # epoch 0: stage 1
     assert "loss_fine" in log[1] and "loss_coarse" not in log[1]  # epoch 1: stage 3, stage 1 frozen
     result = evaluate_run(run, max_pairs=4, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     assert result["way"] == "k" and metrics["config"]["method"] == "popnet"
     for key in ("novel_miou", "base_miou", "human_miou", "mean_base_acc", "mean_novel_acc", "per_class_iou"):
         assert key in metrics, key

@@ -153,7 +153,7 @@ def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     assert cfg.model_options["output_stride"] == 16
     train(cfg, run, progress=False)
     result = evaluate_run(run, max_pairs=4, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     assert result["way"] == "1" and metrics["method"] == "ppnet"
     for key in ("binary_miou", "novel_miou", "per_class_iou", "overall_acc"):
         assert key in metrics, key

@@ -97,6 +97,7 @@ def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
     paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
     spec = rp.RunSpec("amp", "1", 2)
     (paths.runs / spec.name).mkdir(parents=True)
+    (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))  # training finished
     (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
     monkeypatch.setattr(oshp.training, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     assert rp.ensure_runs([spec, spec], "smoke", paths, progress=False) == {spec: paths.runs / spec.name}
@@ -113,6 +114,7 @@ def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_pa
     oracle, plain_oracle = rp.RunSpec("eopnet", "k", 1, variant="oracle"), rp.RunSpec("amp", "k", 1, variant="oracle")
     for spec in (oracle, plain_oracle):
         (paths.runs / spec.name).mkdir(parents=True)
+        (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))
         (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
     monkeypatch.setattr(oshp.training, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     calls = []

@@ -154,7 +154,7 @@ def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
     summary = train(cfg, run, progress=False)
     assert "loss_seg" in summary["history"][0]
     evaluate_run(run, max_pairs=6, progress=False)
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-6.json").read_text())
     assert metrics["method"] == "sgone" and metrics["way"] == "k"
     for key in ("novel_miou", "base_miou", "human_miou", "overall_acc", "per_class_iou"):
         assert key in metrics, key

@@ -58,7 +58,7 @@ def test_smoke_train_and_evaluate_kway(tiny_synthetic, tmp_path):
     assert [r["epoch"] for r in log] == [0, 1]
     assert {"loss", "lr", "val_mean_base_acc", "val_mean_novel_acc"} <= set(log[0])
     assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--quiet"]) == 0
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics_max-pairs-4.json").read_text())
     for key in ("novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc", "mean_novel_acc",
                 "per_class_iou", "versions", "config", "seed", "wall_time_s"):
         assert key in metrics, key
@@ -308,14 +308,14 @@ def test_static_novel_scores_an_oracle_by_the_one_shot_rule(tiny_synthetic, tmp_
     assert (updates[novel] == 0).all() and torch.equal(updates[[c for c in range(18) if c not in novel]], base_before)
 
     plain = evaluate_run(one_shot, max_pairs=4, progress=False)
-    assert (one_shot / "metrics.json").is_file()
+    assert (one_shot / "metrics_max-pairs-4.json").is_file()
     same = evaluate_run(one_shot, max_pairs=4, progress=False, static_novel=True)
-    assert (one_shot / "metrics_static_novel.json").is_file() and same["static_novel"]
+    assert (one_shot / "metrics_static_novel_max-pairs-4.json").is_file() and same["static_novel"]
     assert same["per_class_iou"] == plain["per_class_iou"]
     with pytest.raises(ValueError, match="choose one"):
         evaluate_run(one_shot, max_pairs=4, progress=False, static_novel=True, suppress_novel=True)
     assert main(["evaluate", "--run", str(oracle), "--max-pairs", "4", "--static-novel", "--quiet"]) == 0
-    assert (oracle / "metrics_static_novel.json").is_file()
+    assert (oracle / "metrics_static_novel_max-pairs-4.json").is_file()
 
 
 def test_static_novel_needs_a_prototype_memory(tiny_synthetic, tmp_path):
@@ -332,7 +332,7 @@ def test_evaluate_with_test_time_options_and_clear_errors_for_others(tiny_synthe
     train(smoke(tiny_synthetic, epochs=1, val_pairs_per_class=0), run, progress=False)
     assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--option", "test_prototypes=static",
                  "--option", "foreground_screening=true", "--quiet"]) == 0
-    written = run / "metrics_foreground_screening-true_test_prototypes-static.json"
+    written = run / "metrics_foreground_screening-true_test_prototypes-static_max-pairs-4.json"
     result = json.loads(written.read_text())
     assert result["eval_options"] == {"test_prototypes": "static", "foreground_screening": True}
     assert result["config"]["model_options"]["test_prototypes"] == "static"
