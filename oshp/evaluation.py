@@ -209,8 +209,8 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     cfg, model, dev, ckpt = load_run_model(run, device=device, options=options)
     root = Path(data_root or cfg.data_root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"the dataset of run {run} is not at {root} (from its {CONFIG}); pass --data-root with "
-                           f"the folder it is in now")
+        raise DatasetError(f"the dataset of run {run} is not at {root} (where it was when the run trained); pass "
+                           f"--data-root with the folder it is in now")
     ds = ReleaseLayoutDataset.open(root, cfg.dataset)
     pair_list = load_pairs(pairs) if pairs else default_test_pairs(ds)
     if max_pairs:

@@ -196,7 +196,8 @@ def resolve_paths(profile: str | ReproducePlan, *, out_dir: str | Path | None = 
     root = repo_root()
     absolute = lambda p: Path(p).expanduser() if Path(p).expanduser().is_absolute() else root / p  # noqa: E731
     out = absolute(out_dir or f"runs/reproduce/{plan.name}")
-    figures = absolute(figures_dir or plan.figures_dir) if (figures_dir or plan.figures_dir) else out / "figures"
+    chosen_figures = figures_dir or plan.figures_dir
+    figures = absolute(chosen_figures) if chosen_figures else out / "figures"
     base = absolute(data_root) if data_root else (absolute(plan.data_root) if plan.data_root else
                                                   out / "data" if plan.synthetic is not None else None)
     if base is None:
