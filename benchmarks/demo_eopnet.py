@@ -25,7 +25,8 @@ import torch
 from oshp.data.layout import ReleaseLayoutDataset
 from oshp.evaluation import background_baseline, default_test_pairs, evaluate_run, novel_parse_figure
 from oshp.config import make_config
-from oshp.training import device_name, resolve_device, train
+from oshp.training import train
+from oshp.core.env import device_name, resolve_device
 
 
 def run_one(args, way: str, fold: int) -> dict:

@@ -33,7 +33,9 @@ from oshp.evaluation import balanced_subset, default_test_pairs, evaluate_episod
 from oshp.metrics import ConfusionMatrix
 from oshp.models.backbone import DeepLabFeatures
 from oshp.pretrain import resolve_backbone_weights
-from oshp.training import config_from_run, poly_lr, seed_everything
+from oshp.training import config_from_run
+from oshp.core.env import seed_everything
+from oshp.core.schedule import poly_lr
 
 KEYS = ("novel_miou", "base_miou", "human_miou")
 

@@ -50,7 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 from .complexity import count_parameters
 from .methods import METHODS, build_model, get_method
 from .config import PROFILES, TrainConfig, make_config
-from .training import device_name, resolve_device, versions
+from .core.env import device_name, resolve_device, versions
 
 __all__ = [
     "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "synthetic_batch", "measure_peak_flops",
@@ -776,7 +776,7 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_benchmark(result: dict[str, Any], out: str | Path) -> Path:
     """Write the result as JSON (atomically; NaN/inf become null so that any JSON reader takes it)."""
-    from .training import atomic_write_json
+    from .core.io import atomic_write_json
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

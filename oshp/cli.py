@@ -544,9 +544,9 @@ def main(argv: list[str] | None = None) -> int:
     traceback; --debug shows it), 130 interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .data.layout import DatasetError
-    from .data.vocab import UnknownClassError
-    from .models.episode import UnknownOptionError
+    from .core.errors import DatasetError
+    from .core.errors import UnknownClassError
+    from .core.errors import UnknownOptionError
 
     try:
         return int(args.func(args) or 0)

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .data.vocab import check_way
+from .core.labels import check_way
 from .methods import method_settings
 
 

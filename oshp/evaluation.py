@@ -17,16 +17,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from .data.episodes import MetaTestEpisodes, collate_episodes
-from .data.layout import DatasetError, ReleaseLayoutDataset
+from .data.layout import ReleaseLayoutDataset
+from .core.errors import DatasetError
 from .data.official import official_ids
 from .data.pairs import build_meta_test_pairs, load_pairs
 from .data.vocab import DatasetSpec, get_dataset
 from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
 from .config import TrainConfig, config_from_dict
 from .training import (
-    CHECKPOINT, CONFIG, atomic_write_json, config_from_run, device_name, load_checkpoint, load_model_state,
-    model_from_config, resolve_device, versions, _to_device,
+    CHECKPOINT,
+    CONFIG,
+    _to_device,
+    config_from_run,
+    load_checkpoint,
+    load_model_state,
+    model_from_config,
 )
+from .core.env import device_name, resolve_device, versions
+from .core.io import atomic_write_json
 
 METRICS = "metrics.json"
 

@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.layout import DatasetError, load_label_map, load_rgb, save_label_map
-from .data.vocab import (
-    BACKGROUND, DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes,
-)
+from .data.layout import load_label_map, load_rgb, save_label_map
+from .core.errors import DatasetError
+from .data.vocab import DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes
+from .core.labels import BACKGROUND
 from .evaluation import load_run_model, one_way_to_class
 from .plotting import label_palette, overlay_with_legend
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from .core.labels import IGNORE_INDEX
 
-__all__ = ["IGNORE_INDEX", "beta_schedule", "cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
-
-IGNORE_INDEX = 255
+__all__ = ["beta_schedule", "cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
 
 
 def beta_schedule(epoch: float, max_epoch: float, weight_shifting: bool = True) -> float:

@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from oshp.data.vocab import IGNORE_INDEX, DatasetSpec, get_dataset
+from oshp.data.vocab import DatasetSpec, get_dataset
+from oshp.core.labels import IGNORE_INDEX
 
 try:  # torch is optional for this module: numpy arrays work without it
     import torch

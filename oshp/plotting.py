@@ -17,7 +17,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from .data.layout import ReleaseLayoutDataset
-from .data.vocab import BACKGROUND, IGNORE_INDEX, DatasetSpec, merge_labels
+from .data.vocab import DatasetSpec, merge_labels
+from .core.labels import BACKGROUND, IGNORE_INDEX
 
 _TAB20 = colormaps["tab20"].colors  # even: the tab10 colours, odd: their light variants
 _NAME_COLOURS = {

@@ -16,7 +16,6 @@ A pretraining folder holds ``backbone.pt`` (the embedding network's state dict w
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -28,17 +27,17 @@ from torch.utils.data import DataLoader
 from .config import PretrainConfig
 from .data.creatures import CreatureEpisodes
 from .data.episodes import collate_episodes
-from .training import (
-    atomic_save, atomic_write_json, device_name, poly_lr, resolve_device, seed_everything, versions,
-)
+from .training import atomic_save
+from .core.env import device_name, resolve_device, seed_everything, versions
+from .core.io import atomic_write_json
+from .core.schedule import poly_lr
+from .core.io import sha256
 
 BACKBONE_FILE = "backbone.pt"
 BACKBONE_FORMAT = "oshp-backbone-1"
 SHIPPED_DIR = Path(__file__).parent / "weights"
 SHIPPED = {"mobilenetv3_small_100": "synthetic_mobilenetv3_small_100.pt"}
 """Backbones with a synthetic-pretrained checkpoint shipped in the package (``--backbone-weights synthetic``)."""
-
-
 
 
 def _model(cfg: PretrainConfig) -> torch.nn.Module:
@@ -120,10 +119,6 @@ def save_backbone(backbone: torch.nn.Module, path: Path, cfg: PretrainConfig) ->
              for k, v in backbone.state_dict().items()}
     atomic_save({"format": BACKBONE_FORMAT, "backbone": cfg.backbone, "config": dataclasses.asdict(cfg),
                  "state_dict": state}, path)
-
-
-def sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def shipped_backbone(backbone: str) -> Path:

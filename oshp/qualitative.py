@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from .data.episodes import MetaTestEpisodes
-from .data.layout import DatasetError, ReleaseLayoutDataset
+from .data.layout import ReleaseLayoutDataset
+from .core.errors import DatasetError
 
 __all__ = ["pairs_of_class", "same_query_pairs", "predict_rows", "compare_methods", "images_with_classes",
            "parse_chosen"]

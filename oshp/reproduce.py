@@ -28,7 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .data.layout import DatasetError
+from .core.errors import DatasetError
 from .methods import METHODS, get_method
 
 __all__ = ["PLANS", "NOTEBOOKS", "ReproducePlan", "RunSpec", "VARIANTS", "get_plan", "repo_root", "resolve_paths",

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -29,8 +27,12 @@ from torch.utils.data import DataLoader
 
 from .config import TrainConfig, config_from_dict
 from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
-from .data.layout import DatasetError, ReleaseLayoutDataset
+from .data.layout import ReleaseLayoutDataset
+from .core.errors import DatasetError
 from .methods import build_model, get_method
+from .core.env import device_name, resolve_device, seed_everything, versions
+from .core.io import atomic_write_json
+from .core.schedule import poly_lr
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
@@ -39,53 +41,10 @@ SUMMARY = "train.json"
 CHECKPOINT_FORMAT = "oshp-checkpoint-1"
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device; use --device cpu")
-    return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def versions() -> dict:
-    import timm
-    import torchvision
-
-    from . import __version__
-
-    return {"oshp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def poly_lr(base: float, step: int, total: int, power: float) -> float:
-    """Poly policy: base * (1 - step / total) ** power."""
-    return base * (1.0 - min(step, total) / max(total, 1)) ** power
-
-
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: an interrupted write never leaves a broken checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
@@ -355,6 +314,5 @@ def config_from_run(run: str | Path) -> TrainConfig:
     if not path.is_file():
         raise DatasetError(f"no {CONFIG} in {run}; pass a run folder written by `oshp train --out RUN`")
     return config_from_dict(json.loads(path.read_text()))
-
 
 

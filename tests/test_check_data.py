@@ -14,7 +14,8 @@ from PIL import Image
 from fabricate import example_ids, fabricate_label, fabricate_release
 from oshp.data import parallel as parallel_mod
 from oshp.data.checks import Problem, check_dataset, format_report
-from oshp.data.layout import DatasetError, save_label_map, write_id_list
+from oshp.data.layout import save_label_map, write_id_list
+from oshp.core.errors import DatasetError
 from oshp.data.vocab import flip_labels, get_dataset
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oshp.data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes, make_episode
-from oshp.data.layout import DatasetError
+from oshp.core.errors import DatasetError
 from oshp.data.vocab import ATR
 
 

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from oshp.cli import main
-from oshp.data.layout import DatasetError, ReleaseLayoutDataset, write_dataset_meta, write_id_list
+from oshp.data.layout import ReleaseLayoutDataset, write_dataset_meta, write_id_list
+from oshp.core.errors import DatasetError
 from oshp.data.official import official_atr_supports, official_ids
 from oshp.data.pairs import (
     SupportIndex, build_meta_test_pairs, coverage, load_pairs, meta_test_pairs, meta_train_pools,

@@ -13,7 +13,8 @@ from PIL import Image
 from fabricate import example_ids, fabricate_label, fabricate_original
 from oshp.data import parallel as parallel_mod
 from oshp.data.checks import check_dataset
-from oshp.data.layout import DatasetError, ReleaseLayoutDataset, load_label_map, read_id_list, save_label_map
+from oshp.data.layout import ReleaseLayoutDataset, load_label_map, read_id_list, save_label_map
+from oshp.core.errors import DatasetError
 from oshp.data.official import official_ids
 from oshp.data.prepare import locate_source, prepare_dataset
 from oshp.data.vocab import flip_labels, get_dataset

@@ -135,7 +135,8 @@ def test_suppress_novel_never_predicts_a_novel_class():
 
 
 def test_shipped_backbone_matches_its_checksum():
-    from oshp.pretrain import SHIPPED_DIR, sha256
+    from oshp.pretrain import SHIPPED_DIR
+    from oshp.core.io import sha256
 
     sums = dict(reversed(line.split()) for line in (SHIPPED_DIR / "SHA256SUMS").read_text().splitlines() if line)
     assert sums, "SHA256SUMS lists the shipped files"

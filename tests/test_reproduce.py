@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oshp import reproduce as rp
-from oshp.data.layout import DatasetError
+from oshp.core.errors import DatasetError
 
 
 # ----------------------------------------------------------------------------------------------- runs and plans

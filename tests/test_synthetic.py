@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oshp.data.layout import DatasetError, ReleaseLayoutDataset
+from oshp.data.layout import ReleaseLayoutDataset
+from oshp.core.errors import DatasetError
 from oshp.data.synthetic import LEFT_ARM, RIGHT_ARM, generate_synthetic, render_person_image
 from oshp.data.vocab import ATR, flip_labels
 

@@ -10,10 +10,11 @@ import torch
 from PIL import Image
 
 from oshp.cli import main
-from oshp.data.layout import DatasetError
+from oshp.core.errors import DatasetError
 from oshp.evaluation import evaluate_run
 from oshp.config import make_config
-from oshp.training import CHECKPOINT, Trainer, poly_lr, train
+from oshp.training import CHECKPOINT, Trainer, train
+from oshp.core.schedule import poly_lr
 
 
 def smoke(ds, **overrides):

@@ -4,9 +4,18 @@ import numpy as np
 import pytest
 
 from oshp.data.vocab import (
-    ATR, CIHP, DATASETS, LIP, UnknownClassError, flip_labels, get_dataset, human_mask, merge_labels,
-    restrict_query_to_support, training_labels,
+    ATR,
+    CIHP,
+    DATASETS,
+    LIP,
+    flip_labels,
+    get_dataset,
+    human_mask,
+    merge_labels,
+    restrict_query_to_support,
+    training_labels,
 )
+from oshp.core.errors import UnknownClassError
 
 
 def names(spec, ids):

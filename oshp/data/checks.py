@@ -23,15 +23,17 @@ from .layout import (
     LABEL_DIR,
     LIST_DIR,
     META_FILE,
-    SPLITS,
-    DatasetError,
     ReleaseLayoutDataset,
+    SPLITS,
     list_file,
     load_label_map,
     read_dataset_meta,
     read_id_list,
 )
-from .vocab import IGNORE_INDEX, DatasetSpec, UnknownClassError, flip_labels, get_dataset
+from ..core.errors import DatasetError
+from .vocab import DatasetSpec, flip_labels, get_dataset
+from ..core.errors import UnknownClassError
+from ..core.labels import IGNORE_INDEX
 
 IMAGE_EXT = ".jpg"
 LABEL_EXT = ".png"

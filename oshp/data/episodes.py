@@ -20,18 +20,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .layout import DatasetError, ReleaseLayoutDataset
+from .layout import ReleaseLayoutDataset
+from ..core.errors import DatasetError
 from .pairs import meta_train_pools, support_index_from_dataset
 from .transforms import apply_joint, resize_transform, training_transform
-from .vocab import (
-    check_way,
-    BACKGROUND,
-    DatasetSpec,
-    binary_labels,
-    human_mask,
-    present_classes,
-    restrict_to_classes,
-)
+from .vocab import DatasetSpec, binary_labels, human_mask, present_classes, restrict_to_classes
+from ..core.labels import BACKGROUND, check_way
 
 MAX_AUGMENT_TRIES = 5
 MAX_SUPPORT_TRIES = 10

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .vocab import DatasetSpec, get_dataset, validate_label_values
+from ..core.errors import DatasetError
 
 IMAGE_DIR = "trainval_images"
 LABEL_DIR = "trainval_classes"
@@ -30,10 +31,6 @@ FLIPPED_LABEL_DIR = "Category_rev_ids"
 LIST_DIR = "list"
 META_FILE = "oshp_dataset.json"
 SPLITS = ("train", "test")
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder that cannot be used as it is; the message names the file and the fix."""
 
 
 def list_file(root: Path | str, split: str) -> Path:

@@ -24,7 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .parallel import parallel_map
-from .layout import DatasetError, ReleaseLayoutDataset, load_label_map
+from .layout import ReleaseLayoutDataset, load_label_map
+from ..core.errors import DatasetError
 from .official import official_atr_supports, official_ids
 from .vocab import DatasetSpec, get_dataset, merge_labels, present_classes
 

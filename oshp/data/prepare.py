@@ -31,13 +31,13 @@ from .layout import (
     IMAGE_DIR,
     LABEL_DIR,
     SPLITS,
-    DatasetError,
     list_file,
     load_label_map,
     save_label_map,
     write_dataset_meta,
     write_id_list,
 )
+from ..core.errors import DatasetError
 from .official import official_ids
 from .vocab import DatasetSpec, flip_labels, get_dataset
 

@@ -31,7 +31,6 @@ from .layout import (
     LABEL_DIR,
     LIST_DIR,
     META_FILE,
-    DatasetError,
     ReleaseLayoutDataset,
     list_file,
     read_dataset_meta,
@@ -39,6 +38,7 @@ from .layout import (
     write_dataset_meta,
     write_id_list,
 )
+from ..core.errors import DatasetError
 from .vocab import ATR, flip_labels
 
 GENERATOR = "oshp synth"

@@ -19,7 +19,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .vocab import IGNORE_INDEX, DatasetSpec
+from .vocab import DatasetSpec
+from ..core.labels import IGNORE_INDEX
 
 
 class RandomScale(v2.Transform):

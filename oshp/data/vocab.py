@@ -12,16 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
-IGNORE_INDEX = 255
-BACKGROUND = 0
-
-
-class UnknownClassError(KeyError):
-    """A class name or id that the dataset's vocabulary does not have."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
+from ..core.errors import UnknownClassError
+from ..core.labels import BACKGROUND, IGNORE_INDEX
 
 
 @dataclass(frozen=True)
@@ -295,13 +287,3 @@ def validate_label_values(label: np.ndarray, spec: DatasetSpec, where: str = "la
         )
 
 
-WAYS = ("k", "1")
-"""k-way (every class of the support at once) and 1-way (one class, foreground against background)."""
-
-
-def check_way(way: str) -> str:
-    """'k', '1', 'kway', '1-way' ... -> 'k' or '1'; anything else is a clear error."""
-    way = str(way).lower().removesuffix("way").removesuffix("-")
-    if way not in WAYS:
-        raise ValueError(f"way must be 'k' (k-way) or '1' (1-way), not {way!r}")
-    return way

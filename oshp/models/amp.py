@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from oshp.models.backbone import TimmFeatures
-from oshp.models.episode import BACKGROUND, check_options, resolve_config
+from oshp.models.episode import check_options, resolve_config
+from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import MaskMode, masked_average_pooling
 from oshp.models.supervised import RawIdClassifierModel
 

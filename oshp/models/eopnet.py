@@ -23,9 +23,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from oshp.losses import IGNORE_INDEX, beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
+from oshp.losses import beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
+from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
-from oshp.models.episode import BACKGROUND, LOW_LOGIT, CachedSupport, EpisodeModel, check_image, resolve_config
+from oshp.models.episode import CachedSupport, EpisodeModel, LOW_LOGIT, check_image, resolve_config
+from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import (
     MaskMode,
     PrototypeMemory,

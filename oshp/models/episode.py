@@ -15,16 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import IGNORE_INDEX
+from oshp.core.labels import IGNORE_INDEX
 from oshp.models.prototypes import MaskMode, downsample_mask, masked_average_pooling
+from ..core.errors import UnknownOptionError
+from ..core.labels import BACKGROUND
 
-__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "BACKGROUND", "check_image", "is_int_tensor"]
+__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "check_image", "is_int_tensor"]
 
 LOW_LOGIT = -1.0e4
 """Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
-
-BACKGROUND = 0
-
 
 def is_int_tensor(t: torch.Tensor) -> bool:
     return not t.dtype.is_floating_point and not t.dtype.is_complex and t.dtype != torch.bool
@@ -32,10 +31,6 @@ def is_int_tensor(t: torch.Tensor) -> bool:
 
 BUILDER_ARGUMENTS = frozenset({"num_classes", "way", "backbone", "pretrained", "backbone_weights"})
 """Config fields that every registry builder takes as its own arguments, never as model options."""
-
-
-class UnknownOptionError(TypeError):
-    """A model option the method does not have (a TypeError, as for an unknown keyword; the CLI reports it cleanly)."""
 
 
 def check_options(method: str, options: dict, config_type: type, extra: set[str] | frozenset[str] = frozenset()

@@ -37,9 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import IGNORE_INDEX, cross_entropy
+from oshp.losses import cross_entropy
+from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import ConvBNReLU, DeepLabFeatures
-from oshp.models.episode import BACKGROUND, check_options, resolve_config
+from oshp.models.episode import check_options, resolve_config
+from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import downsample_mask, masked_average_pooling
 from oshp.models.supervised import RawIdClassifierModel
 

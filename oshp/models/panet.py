@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import IGNORE_INDEX, cross_entropy
+from oshp.losses import cross_entropy
+from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import cosine_similarity_maps, downsample_mask, masked_average_pooling

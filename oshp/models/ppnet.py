@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import IGNORE_INDEX, cross_entropy
+from oshp.losses import cross_entropy
+from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
 from oshp.models.prototypes import downsample_mask, masked_average_pooling

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 
 from oshp.losses import cross_entropy
-from oshp.models.episode import BACKGROUND, EpisodeModel
+from oshp.models.episode import EpisodeModel
+from oshp.core.labels import BACKGROUND
 
 __all__ = ["RawIdClassifierModel"]
 

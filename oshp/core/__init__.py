@@ -1,0 +1,1 @@
+"""Small utilities every layer above may use: errors, label conventions, files, environment, schedules."""
