@@ -13,8 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from oshp.complexity import complexity
-from oshp.methods import METHODS
+from oshp.profiling.complexity import complexity
+from oshp.models.registry import METHODS
 
 
 def main() -> None:

@@ -23,9 +23,11 @@ from pathlib import Path
 import torch
 
 from oshp.data.layout import ReleaseLayoutDataset
-from oshp.evaluation import background_baseline, default_test_pairs, evaluate_run, novel_parse_figure
-from oshp.config import make_config
-from oshp.training import train
+from oshp.data.pairs import default_test_pairs
+from oshp.engine.evaluate import background_baseline, evaluate_run
+from oshp.report.qualitative import novel_parse_figure
+from oshp.engine.config import make_config
+from oshp.engine.train import train
 from oshp.core.env import device_name, resolve_device
 
 

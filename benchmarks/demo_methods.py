@@ -16,11 +16,11 @@ import json
 import time
 from pathlib import Path
 
-from oshp.evaluation import evaluate_run
-from oshp.methods import METHODS
-from oshp.tables import main_table, main_table_columns, to_markdown, write_table
-from oshp.config import make_config
-from oshp.training import train
+from oshp.engine.evaluate import evaluate_run
+from oshp.models.registry import METHODS
+from oshp.report.tables import main_table, main_table_columns, to_markdown, write_table
+from oshp.engine.config import make_config
+from oshp.engine.train import train
 
 
 def main() -> None:

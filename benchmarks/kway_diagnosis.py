@@ -29,11 +29,13 @@ from torch.utils.data import DataLoader
 
 from oshp.data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
 from oshp.data.layout import ReleaseLayoutDataset
-from oshp.evaluation import balanced_subset, default_test_pairs, evaluate_episodes, load_run_model
+from oshp.data.pairs import balanced_subset, default_test_pairs
+from oshp.engine.evaluate import evaluate_episodes
+from oshp.engine.run import load_run_model
 from oshp.metrics import ConfusionMatrix
 from oshp.models.backbone import DeepLabFeatures
-from oshp.pretrain import resolve_backbone_weights
-from oshp.training import config_from_run
+from oshp.models.weights import resolve_backbone_weights
+from oshp.engine.run import config_from_run
 from oshp.core.env import seed_everything
 from oshp.core.schedule import poly_lr
 

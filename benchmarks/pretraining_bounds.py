@@ -23,10 +23,10 @@ import statistics
 import time
 from pathlib import Path
 
-from oshp.evaluation import run_metrics
-from oshp.tables import bounds_by_setting_markdown, mean_std
-from oshp.config import make_config
-from oshp.training import train
+from oshp.engine.evaluate import run_metrics
+from oshp.report.tables import bounds_by_setting_markdown, mean_std
+from oshp.engine.config import make_config
+from oshp.engine.train import train
 
 METRICS = ("novel_miou", "base_miou", "human_miou", "binary_miou")
 CONFIGS = ("scratch", "pretrained", "oracle")

@@ -16,8 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
-from oshp import reproduce as rp
-from oshp.tables import ablation_table, to_markdown
+from oshp.study import reproduce as rp
+from oshp.report.tables import ablation_table, to_markdown
 
 METRICS = ("novel_miou", "base_miou", "human_miou")
 

@@ -152,7 +152,7 @@ def _add_show(sub) -> None:
 
 def _run_show(args) -> int:
     from .data.layout import ReleaseLayoutDataset
-    from .plotting import show_samples
+    from .report.plotting import show_samples
 
     ds = ReleaseLayoutDataset.open(args.data_root, args.dataset)
     out = args.out / "samples.png" if args.out.is_dir() else args.out
@@ -168,8 +168,8 @@ def _add_model_args(p) -> None:
 
 
 def _add_train(sub) -> None:
-    from .config import PROFILE_NOTES, PROFILES
-    from .methods import METHODS
+    from .engine.config import PROFILES, PROFILE_NOTES
+    from .models.registry import METHODS
 
     p = sub.add_parser(
         "train", help="meta-train a method on one fold",
@@ -223,8 +223,8 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _run_train(args) -> int:
-    from .config import PROFILE_NOTES, make_config
-    from .training import train
+    from .engine.config import PROFILE_NOTES, make_config
+    from .engine.train import train
 
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
                                                 "backbone", "backbone_weights", "seed", "workers", "device",
@@ -245,7 +245,7 @@ def _run_train(args) -> int:
 
 
 def _add_pretrain(sub) -> None:
-    from .config import PretrainConfig
+    from .engine.config import PretrainConfig
 
     d = PretrainConfig()
     p = sub.add_parser(
@@ -270,8 +270,9 @@ def _add_pretrain(sub) -> None:
 
 
 def _run_pretrain(args) -> int:
-    from .config import PretrainConfig
-    from .pretrain import BACKBONE_FILE, pretrain
+    from .engine.config import PretrainConfig
+    from .engine.pretrain import pretrain
+    from .models.weights import BACKBONE_FILE
 
     cfg = PretrainConfig(backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
                          image_size=args.image_size, lr=args.lr, embed_dim=args.embed_dim, seed=args.seed,
@@ -308,7 +309,8 @@ def _add_evaluate(sub) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .evaluation import evaluate_run, metrics_name
+    from .engine.evaluate import evaluate_run
+    from .engine.run import metrics_name
     from .metrics import format_metrics_table
 
     options = dict(_parse_option(o) for o in args.option)
@@ -341,7 +343,7 @@ def _add_parse(sub) -> None:
 
 
 def _run_parse(args) -> int:
-    from .inference import parse_files
+    from .engine.parse import parse_files
 
     result = parse_files(args.checkpoint, args.query, args.support, args.support_mask, args.out,
                          classes=args.classes, device=args.device)
@@ -366,8 +368,8 @@ def _add_complexity(sub) -> None:
 
 
 def _run_complexity(args) -> int:
-    from .complexity import complexity
-    from .methods import get_method
+    from .profiling.complexity import complexity
+    from .models.registry import get_method
 
     m = get_method(args.method)
     way = args.way or ("k" if "k" in m.ways else "1")
@@ -382,7 +384,7 @@ def _run_complexity(args) -> int:
 
 
 def _add_benchmark(sub) -> None:
-    from .config import PROFILES
+    from .engine.config import PROFILES
 
     p = sub.add_parser(
         "benchmark", help="pairs per second (inference, cached support, training), peak memory, FLOP floor",
@@ -426,7 +428,7 @@ def _add_benchmark(sub) -> None:
 
 
 def _run_benchmark(args) -> int:
-    from .benchmark import format_table, run_benchmark, write_benchmark
+    from .profiling.benchmark import format_table, run_benchmark, write_benchmark
 
     try:
         batch_sizes = tuple(int(b) for b in args.batch_sizes.split(",") if b.strip())
@@ -447,8 +449,8 @@ def _run_benchmark(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .reproduce import NOTEBOOKS, PLANS
-    from .config import PROFILES
+    from .study.reproduce import NOTEBOOKS, PLANS
+    from .engine.config import PROFILES
 
     p = sub.add_parser(
         "reproduce", help="train every run and execute every notebook: all tables and figures",
@@ -478,7 +480,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    from .reproduce import NOTEBOOKS, reproduce
+    from .study.reproduce import NOTEBOOKS, reproduce
 
     chosen = None
     if args.notebooks:

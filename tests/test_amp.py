@@ -13,12 +13,12 @@ from torch import nn
 
 from toy import box_episode, overfit, random_episode
 
-from oshp.evaluation import evaluate_run
-from oshp.methods import build_model
+from oshp.engine.evaluate import evaluate_run
+from oshp.models.registry import build_model
 from oshp.models.amp import AMP, adapt_weights, build, cosine_scores, fuse_levels, masked_proxies, pick_levels
 from oshp.models.episode import LOW_LOGIT
-from oshp.config import make_config
-from oshp.training import train
+from oshp.engine.config import make_config
+from oshp.engine.train import train
 
 TINY = "mobilenetv3_small_050"
 

@@ -14,15 +14,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-from oshp.benchmark import (
-    check_run_episodes, fast_path_check, flop_counter, inference_flops, run_benchmark, synthetic_batch,
+from oshp.profiling.benchmark import (
+    check_run_episodes,
+    fast_path_check,
+    flop_counter,
+    inference_flops,
+    run_benchmark,
+    synthetic_batch,
     train_step_flops,
 )
 from oshp.cli import main
-from oshp.methods import METHODS
+from oshp.models.registry import METHODS
 from oshp.models.eopnet import EOPNet, EOPNetConfig, SupportCache
-from oshp.config import make_config
-from oshp.training import CHECKPOINT, model_from_config, train
+from oshp.engine.config import make_config
+from oshp.engine.run import CHECKPOINT, model_from_config
+from oshp.engine.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

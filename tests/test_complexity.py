@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from oshp.complexity import complexity, count_macs, count_parameters, parameter_summary
+from oshp.profiling.complexity import complexity, count_macs, count_parameters, parameter_summary
 from oshp.models.backbone import DeepLabFeatures
-from oshp.methods import get_method
+from oshp.models.registry import get_method
 from oshp.models.eopnet import EOPNet, EOPNetConfig
 
 

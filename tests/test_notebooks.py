@@ -13,8 +13,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from oshp import reproduce as rp
-from oshp.config import PROFILES
+from oshp.study import reproduce as rp
+from oshp.engine.config import PROFILES
 from oshp.data.vocab import get_dataset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -85,7 +85,7 @@ def test_table4_has_the_paper_rows_and_the_lower_bound_is_zero_on_novel_classes(
 
 
 def test_fig7_has_one_point_per_epoch_of_both_runs(smoke):
-    from oshp.training import read_history
+    from oshp.engine.run import read_history
 
     epochs = PROFILES["smoke"]["epochs"]
     for variant in ("", "_no-dp"):
@@ -96,7 +96,7 @@ def test_fig7_has_one_point_per_epoch_of_both_runs(smoke):
 
 def test_table5_counts_every_method(smoke):
     measured = json.loads((smoke["figures"] / "table5_measurements.json").read_text())
-    from oshp.methods import METHODS
+    from oshp.models.registry import METHODS
 
     assert {c["method"] for c in measured["complexities"]} == set(METHODS)
     assert all(c["params_m"] > 0 and c["gmacs"] > 0 for c in measured["complexities"])

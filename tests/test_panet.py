@@ -12,7 +12,7 @@ from torch import nn
 
 from toy import box_episode, overfit, random_episode
 
-from oshp.methods import build_model
+from oshp.models.registry import build_model
 from oshp.models.panet import PANet, PANetConfig, alignment_loss, build, dilate_to_stride, prototype_logits
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -153,9 +153,9 @@ def test_dilate_to_stride_on_a_flat_body():
 
 
 def test_smoke_train_and_evaluate_one_way(tiny_synthetic, tmp_path):
-    from oshp.evaluation import evaluate_run
-    from oshp.config import make_config
-    from oshp.training import train
+    from oshp.engine.evaluate import evaluate_run
+    from oshp.engine.config import make_config
+    from oshp.engine.train import train
 
     run = tmp_path / "panet"
     cfg = make_config("smoke", method="panet", way="1", fold=1, data_root=str(tiny_synthetic.root), epochs=1,

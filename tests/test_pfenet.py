@@ -10,7 +10,7 @@ import torch
 
 from toy import box_of_five_episode, flat_episode, overfit
 
-from oshp.methods import build_model
+from oshp.models.registry import build_model
 from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, weighted_gap
 
 TINY = "mobilenetv3_small_050"
@@ -159,9 +159,9 @@ def test_paper_configuration_size():
 
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
-    from oshp.evaluation import evaluate_run
-    from oshp.config import make_config
-    from oshp.training import train
+    from oshp.engine.evaluate import evaluate_run
+    from oshp.engine.config import make_config
+    from oshp.engine.train import train
 
     run = tmp_path / "pfenet"
     cfg = make_config("smoke", method="pfenet", way="1", data_root=str(tiny_synthetic.root), epochs=1,

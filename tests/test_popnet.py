@@ -11,12 +11,13 @@ import torch.nn.functional as F
 
 from toy import box_episode, overfit, random_episode
 
-from oshp.evaluation import evaluate_run
-from oshp.methods import build_model, get_method
+from oshp.engine.evaluate import evaluate_run
+from oshp.models.registry import build_model, get_method
 from oshp.models.episode import LOW_LOGIT
 from oshp.models.popnet import KnowledgeInfusion, POPNet, POPNetConfig, build, stage_plan
-from oshp.config import make_config
-from oshp.training import read_history, train
+from oshp.engine.config import make_config
+from oshp.engine.run import read_history
+from oshp.engine.train import train
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

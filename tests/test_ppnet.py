@@ -11,7 +11,7 @@ from torch import nn
 
 from toy import box_of_five_episode, flat_episode, overfit
 
-from oshp.methods import build_model
+from oshp.models.registry import build_model
 from oshp.models.ppnet import PPNet, PPNetConfig, build, kmeans, part_prototypes, part_scores, region_pixels
 
 TINY = "mobilenetv3_small_050"
@@ -143,9 +143,9 @@ def test_paper_configuration_size_matches_table5():
 
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
-    from oshp.evaluation import evaluate_run
-    from oshp.config import make_config
-    from oshp.training import train
+    from oshp.engine.evaluate import evaluate_run
+    from oshp.engine.config import make_config
+    from oshp.engine.train import train
 
     run = tmp_path / "ppnet"
     cfg = make_config("smoke", method="ppnet", way="1", data_root=str(tiny_synthetic.root), epochs=1,

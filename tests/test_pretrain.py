@@ -9,11 +9,12 @@ from oshp.cli import main
 from oshp.data.creatures import creature_episode, make_species
 from oshp.data.episodes import MetaTrainEpisodes
 from oshp.data.pseudo import paste_pseudo_class
-from oshp.evaluation import _suppress_novel
-from oshp.methods import build_model
+from oshp.engine.evaluate import _suppress_novel
+from oshp.models.registry import build_model
 from oshp.models.backbone import DeepLabFeatures
-from oshp.config import PretrainConfig
-from oshp.pretrain import BACKBONE_FILE, pretrain, resolve_backbone_weights, shipped_backbone
+from oshp.engine.config import PretrainConfig
+from oshp.engine.pretrain import pretrain
+from oshp.models.weights import BACKBONE_FILE, resolve_backbone_weights, shipped_backbone
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -135,7 +136,7 @@ def test_suppress_novel_never_predicts_a_novel_class():
 
 
 def test_shipped_backbone_matches_its_checksum():
-    from oshp.pretrain import SHIPPED_DIR
+    from oshp.models.weights import SHIPPED_DIR
     from oshp.core.io import sha256
 
     sums = dict(reversed(line.split()) for line in (SHIPPED_DIR / "SHA256SUMS").read_text().splitlines() if line)

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oshp import reproduce as rp
+from oshp.report.figures import save_figure, write_results
+from oshp.study import reproduce as rp
 from oshp.core.errors import DatasetError
 
 
@@ -92,14 +93,14 @@ def test_prepare_data_refuses_missing_real_data_and_foreign_folders(tmp_path):
 
 
 def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
-    import oshp.training
+    import oshp.engine.train
 
     paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
     spec = rp.RunSpec("amp", "1", 2)
     (paths.runs / spec.name).mkdir(parents=True)
     (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))  # training finished
     (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
-    monkeypatch.setattr(oshp.training, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(oshp.engine.train, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     assert rp.ensure_runs([spec, spec], "smoke", paths, progress=False) == {spec: paths.runs / spec.name}
     assert rp.load_result(paths.runs / spec.name)["novel_miou"] == 1.0
     with pytest.raises(DatasetError, match="no metrics_suppress_novel.json"):
@@ -107,8 +108,8 @@ def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
 
 
 def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_path, monkeypatch):
-    import oshp.evaluation
-    import oshp.training
+    import oshp.engine.evaluate
+    import oshp.engine.train
 
     paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
     oracle, plain_oracle = rp.RunSpec("eopnet", "k", 1, variant="oracle"), rp.RunSpec("amp", "k", 1, variant="oracle")
@@ -116,14 +117,14 @@ def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_pa
         (paths.runs / spec.name).mkdir(parents=True)
         (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))
         (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
-    monkeypatch.setattr(oshp.training, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    monkeypatch.setattr(oshp.engine.train, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     calls = []
 
     def fake_evaluate(run, **kwargs):
         calls.append((Path(run).name, kwargs.get("static_novel", False), kwargs.get("suppress_novel", False)))
         (Path(run) / "metrics_static_novel.json").write_text(json.dumps({"novel_miou": 2.0}))
 
-    monkeypatch.setattr(oshp.evaluation, "evaluate_run", fake_evaluate)
+    monkeypatch.setattr(oshp.engine.evaluate, "evaluate_run", fake_evaluate)
     rp.ensure_runs([oracle, plain_oracle], "smoke", paths, progress=False)
     # AMP keeps no prototype memory: only EOP-Net's oracle is scored again, and only by the one-shot rule
     assert calls == [(oracle.name, True, False)]
@@ -151,7 +152,7 @@ def test_ensure_run_trains_evaluates_and_writes_the_lower_bound(smoke_run):
 
 # ----------------------------------------------------------------------------------------------- qualitative
 def test_pair_choice_helpers():
-    from oshp.qualitative import pairs_of_class, same_query_pairs
+    from oshp.report.qualitative import pairs_of_class, same_query_pairs
 
     pairs = [{"query": q, "support": s, "class_id": c} for q, s, c in
              [("a", "x", 5), ("a", "y", 5), ("b", "x", 5), ("b", "y", 5), ("b", "z", 5), ("c", "x", 6)]]
@@ -164,9 +165,9 @@ def test_pair_choice_helpers():
 
 
 def test_predict_rows_and_chosen_support(smoke_run, tiny_synthetic):
-    from oshp.evaluation import default_test_pairs
-    from oshp.plotting import comparison_figure, parses_figure
-    from oshp.qualitative import compare_methods, images_with_classes, parse_chosen, predict_rows
+    from oshp.data.pairs import default_test_pairs
+    from oshp.report.plotting import comparison_figure, parses_figure
+    from oshp.report.qualitative import compare_methods, images_with_classes, parse_chosen, predict_rows
 
     ds = tiny_synthetic
     pairs = default_test_pairs(ds)[:2]
@@ -191,7 +192,7 @@ def test_predict_rows_and_chosen_support(smoke_run, tiny_synthetic):
 
 # ----------------------------------------------------------------------------------------------- tables and plots
 def test_ablation_progressive_complexity_and_bounds_tables():
-    from oshp.tables import ablation_table, bounds_table, complexity_table, progressive_table
+    from oshp.report.tables import ablation_table, bounds_table, complexity_table, progressive_table
 
     rows = ablation_table({"AGM": {"novel_miou": 1.0, "base_miou": 2.0, "human_miou": 3.0}, "NPM": {}})
     assert rows[0] == {"method": "AGM", "novel_miou": 1.0, "base_miou": 2.0, "human_miou": 3.0,
@@ -210,7 +211,7 @@ def test_ablation_progressive_complexity_and_bounds_tables():
 
 
 def test_curves_and_training_figures(tmp_path):
-    from oshp.plotting import curves_figure, training_figure
+    from oshp.report.plotting import curves_figure, training_figure
 
     fig = curves_figure({"a": ([1, 2], [3.0, None])}, xlabel="epoch", ylabel="acc", title="t")
     ax = fig.axes[0]
@@ -221,9 +222,9 @@ def test_curves_and_training_figures(tmp_path):
     history = [{"epoch": 0, "lr": 0.1, "loss": 2.0}, {"epoch": 1, "lr": 0.05, "loss": 1.0}]
     fig = training_figure(history)
     assert fig.axes[1].get_title() == "learning rate"
-    paths = rp.save_figure(fig, tmp_path / "sub" / "curves")
+    paths = save_figure(fig, tmp_path / "sub" / "curves")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
-    again = rp.save_figure(fig, tmp_path / "again")
+    again = save_figure(fig, tmp_path / "again")
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]  # no timestamps: reproducible files
     with pytest.raises(ValueError, match="no epoch"):
         training_figure([])
@@ -245,7 +246,7 @@ def test_reproduce_cli_runs_one_notebook_with_papermill(tiny_synthetic, tmp_path
 
 
 def test_write_results_keeps_the_plan_beside_the_numbers(tmp_path):
-    path = rp.write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", "demo")
+    path = write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", rp.get_plan("demo").settings())
     data = json.loads(path.read_text())
     assert path.name == "runs.json" and data["results"] == [{"method": "eopnet", "novel_miou": 1.5}]
     assert (data["train_profile"], data["train_overrides"], data["eval_max_pairs"]) == ("quick", {"epochs": 3,

@@ -12,7 +12,7 @@ from torch import nn
 
 from toy import box_episode, overfit, random_episode
 
-from oshp.methods import build_model
+from oshp.models.registry import build_model
 from oshp.models.episode import LOW_LOGIT
 from oshp.models.sgone import SGOne, SGOneConfig, SGOneHead, build
 
@@ -144,9 +144,9 @@ def test_paper_configuration_size_on_meta():
 
 
 def test_smoke_train_and_evaluate(tiny_synthetic, tmp_path):
-    from oshp.evaluation import evaluate_run
-    from oshp.config import make_config
-    from oshp.training import train
+    from oshp.engine.evaluate import evaluate_run
+    from oshp.engine.config import make_config
+    from oshp.engine.train import train
 
     run = tmp_path / "sgone"
     cfg = make_config("smoke", method="sgone", data_root=str(tiny_synthetic.root), epochs=1, val_pairs_per_class=0)

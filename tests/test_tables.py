@@ -2,7 +2,15 @@
 
 import pytest
 
-from oshp.tables import main_table, paper_dataset_name, paper_results, to_csv, to_latex, to_markdown, write_table
+from oshp.report.tables import (
+    main_table,
+    paper_dataset_name,
+    paper_results,
+    to_csv,
+    to_latex,
+    to_markdown,
+    write_table,
+)
 
 
 def _r(method, fold, way, **metrics):
@@ -48,7 +56,7 @@ def test_writers(tmp_path):
 
 
 def test_mean_std_formats_mean_and_spread():
-    from oshp.tables import mean_std
+    from oshp.report.tables import mean_std
 
     stats = {"mean": 12.24, "std": 3.0, "n": 3}
     assert mean_std(stats) == "12.2 ± 3.0 (n=3)" and mean_std(stats, with_n=False) == "12.2 ± 3.0"
@@ -56,7 +64,7 @@ def test_mean_std_formats_mean_and_spread():
 
 
 def test_bounds_pivot_puts_each_bound_in_its_column():
-    from oshp.tables import bounds_by_setting_markdown
+    from oshp.report.tables import bounds_by_setting_markdown
 
     def stats(mean, n=3):
         return {"mean": mean, "std": 1.0, "n": n}

@@ -11,9 +11,10 @@ from PIL import Image
 
 from oshp.cli import main
 from oshp.core.errors import DatasetError
-from oshp.evaluation import evaluate_run
-from oshp.config import make_config
-from oshp.training import CHECKPOINT, Trainer, train
+from oshp.engine.evaluate import evaluate_run
+from oshp.engine.config import make_config
+from oshp.engine.run import CHECKPOINT
+from oshp.engine.train import Trainer, train
 from oshp.core.schedule import poly_lr
 
 
@@ -206,7 +207,7 @@ class _Oracle(torch.nn.Module):
 @pytest.mark.parametrize("way, channels", [("k", None), ("1", 2)])
 def test_evaluation_scores_a_perfect_model_100(tiny_synthetic, way, channels):
     from oshp.data.episodes import MetaTestEpisodes
-    from oshp.evaluation import evaluate_episodes
+    from oshp.engine.evaluate import evaluate_episodes
 
     ids = tiny_synthetic.ids("test")[:6]
     pairs = [{"query": i, "support": i, "class_id": c} for i in ids for c in (2, 11)]  # hair, face: in every image
@@ -220,7 +221,7 @@ def test_evaluation_scores_a_perfect_model_100(tiny_synthetic, way, channels):
 
 
 def test_one_way_parse_labels_the_chosen_class(tiny_synthetic, tmp_path):
-    from oshp.inference import parse_files
+    from oshp.engine.parse import parse_files
 
     run = tmp_path / "r1"
     train(smoke(tiny_synthetic, way="1", epochs=1, val_pairs_per_class=0), run, progress=False)
@@ -242,7 +243,7 @@ def test_one_way_parse_labels_the_chosen_class(tiny_synthetic, tmp_path):
 def test_output_labels_maps_one_way_foreground_to_its_class():
     from types import SimpleNamespace
 
-    from oshp.inference import output_labels
+    from oshp.engine.parse import output_labels
 
     logits = torch.tensor([[[[3.0, 0.0, 1.0]], [[0.0, 2.0, 4.0]]]])  # 1 x 2 x 1 x 3: background, fg, fg
     mask = np.array([[0, 11, 11]], np.uint8)
@@ -252,7 +253,7 @@ def test_output_labels_maps_one_way_foreground_to_its_class():
     assert output_labels(k_way, {"pred": logits}, mask).tolist() == [[0, 1, 1]]
 
 
-FAST_CASES = [(name, way) for name, method in sorted(__import__("oshp.methods", fromlist=["METHODS"]).METHODS.items())
+FAST_CASES = [(name, way) for name, method in sorted(__import__("oshp.models.registry", fromlist=["METHODS"]).METHODS.items())
               for way in method.ways]
 
 
@@ -262,7 +263,8 @@ def test_gpu_fast_path_trains_and_evaluates_in_bf16_on_cpu(tiny_synthetic, tmp_p
 
     CI has no GPU; this is where dtype mixes (bf16 features against fp32 prototype memories, losses on bf16 logits)
     and memory-format assumptions of the paper profile's path would fail."""
-    from oshp.evaluation import evaluate_episodes, default_test_pairs
+    from oshp.data.pairs import default_test_pairs
+    from oshp.engine.evaluate import evaluate_episodes
     from oshp.data.episodes import MetaTestEpisodes
 
     cfg = smoke(tiny_synthetic, method=method, way=way, epochs=1, val_pairs_per_class=0)
@@ -294,7 +296,8 @@ def test_fast_path_is_off_on_cpu_unless_forced(tiny_synthetic, tmp_path):
 
 def test_static_novel_scores_an_oracle_by_the_one_shot_rule(tiny_synthetic, tmp_path):
     """An oracle (--label-novel) fills its novel memory slots; --static-novel forgets them, a one-shot run is unchanged."""
-    from oshp.evaluation import forget_novel_prototypes, load_run_model
+    from oshp.engine.evaluate import forget_novel_prototypes
+    from oshp.engine.run import load_run_model
 
     opts = {"warmup_epochs": 1}  # epoch 1 of 2 makes momentum updates
     oracle, one_shot = tmp_path / "oracle", tmp_path / "one_shot"
@@ -320,8 +323,8 @@ def test_static_novel_scores_an_oracle_by_the_one_shot_rule(tiny_synthetic, tmp_
 
 
 def test_static_novel_needs_a_prototype_memory(tiny_synthetic, tmp_path):
-    from oshp.evaluation import forget_novel_prototypes
-    from oshp.methods import build_model
+    from oshp.engine.evaluate import forget_novel_prototypes
+    from oshp.models.registry import build_model
 
     model = build_model("sgone", num_classes=18, way="k", backbone="mobilenetv3_small_050")
     with pytest.raises(ValueError, match="keeps no class prototype memory"):

@@ -172,12 +172,12 @@ def test_a_closed_pipe_is_quiet(monkeypatch, capsys):
 
 
 def test_ctrl_c_during_training_says_how_to_continue(monkeypatch, tiny_synthetic, tmp_path, capsys):
-    import oshp.training
+    import oshp.engine.train
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(oshp.training, "train", interrupted)
+    monkeypatch.setattr(oshp.engine.train, "train", interrupted)
     code = main(["train", "--quiet", "--profile", "smoke", "--data-root", str(tiny_synthetic.root), "--fold", "1",
                  "--out", str(tmp_path / "r")])
     assert code == 130
@@ -186,9 +186,9 @@ def test_ctrl_c_during_training_says_how_to_continue(monkeypatch, tiny_synthetic
 
 # ----------------------------------------------------------------------------------------------- weights
 def test_backbone_weights_of_another_backbone_or_a_run_checkpoint(run, tmp_path):
-    from oshp.config import PretrainConfig
+    from oshp.engine.config import PretrainConfig
     from oshp.models.backbone import DeepLabFeatures
-    from oshp.pretrain import save_backbone
+    from oshp.engine.pretrain import save_backbone
 
     other = DeepLabFeatures("mobilenetv3_small_050")
     path = tmp_path / "backbone.pt"

@@ -269,3 +269,35 @@ def meta_train_pools(ds: ReleaseLayoutDataset) -> tuple[list[str], list[str]]:
             f"empty pool; set train_query_pool in {ds.root / 'oshp_dataset.json'}"
         )
     return ids[:n], ids[n:]
+
+
+def default_test_pairs(ds: ReleaseLayoutDataset) -> list[dict]:
+    """The meta-test pairs of a dataset: the released ATR pairs when the lists are the released ones,
+    otherwise the same rule applied to the labels on disk (cached beside the lists)."""
+    if ds.spec.key == "atr" and tuple(ds.ids("test")) == official_ids("atr", "test"):
+        return build_meta_test_pairs("atr")["pairs"]
+    return build_meta_test_pairs(ds.spec, ds.root)["pairs"]
+
+
+def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:
+    """The first ``per_class`` pairs of every class, in the pairs' order (a quick, balanced subset)."""
+    out, counts = [], {}
+    for p in pairs:
+        if counts.get(p["class_id"], 0) < per_class:
+            counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
+            out.append(p)
+    return out
+
+
+def balanced_subset(pairs: list[dict], n: int) -> list[dict]:
+    """At most ``n`` pairs, taken class by class in turn (each class's first pairs first), in the pairs' order: a
+    quick evaluation that is as class-balanced as ``n`` allows."""
+    by_class: dict[int, list[int]] = {}
+    for i, p in enumerate(pairs):
+        by_class.setdefault(p["class_id"], []).append(i)
+    chosen: list[int] = []
+    for rank in range(max((len(v) for v in by_class.values()), default=0)):
+        for positions in by_class.values():
+            if rank < len(positions) and len(chosen) < n:
+                chosen.append(positions[rank])
+    return [pairs[i] for i in sorted(chosen)]

@@ -836,7 +836,7 @@ def generate_synthetic(out: str | Path, train: int = 3000, test: int = 2000, siz
         raise ValueError(f"need at least one train and one test image, not train={train}, test={test}")
     out = Path(out).expanduser()
     _prepare_output(out)
-    from ..plotting import label_palette  # imported here: plotting pulls in matplotlib
+    from ..report.plotting import label_palette
 
     palette = label_palette(ATR)
     counts = {"train": train, "test": test}

@@ -252,7 +252,7 @@ class AMP(RawIdClassifierModel):
 
 def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, backbone_weights: str | None = None,
           **options: object) -> AMP:
-    """The registry's builder (``oshp.methods``): options are :class:`AMPConfig` fields."""
+    """The registry's builder (``oshp.models.registry``): options are :class:`AMPConfig` fields."""
     check_options("AMP", options, AMPConfig)
     return AMP(AMPConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                          backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -229,7 +229,7 @@ class FineTuning(RawIdClassifierModel):
 
 def build(num_classes: int, way: str, backbone: str, pretrained: bool = False, backbone_weights: str | None = None,
           **options: object) -> FineTuning:
-    """The registry's builder (``oshp.methods``): options are :class:`FineTuningConfig` fields."""
+    """The registry's builder (``oshp.models.registry``): options are :class:`FineTuningConfig` fields."""
     check_options("Fine-Tuning", options, FineTuningConfig)
     return FineTuning(FineTuningConfig(num_classes=num_classes, way=way, backbone=backbone, pretrained=pretrained,
                                        backbone_weights=backbone_weights, **options))  # type: ignore[arg-type]

@@ -28,13 +28,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from .core.errors import DatasetError
-from .methods import METHODS, get_method
+from ..core.errors import DatasetError
+from ..models.registry import METHODS, get_method
+from ..report.figures import write_results
 
 __all__ = ["PLANS", "NOTEBOOKS", "ReproducePlan", "RunSpec", "VARIANTS", "get_plan", "repo_root", "resolve_paths",
            "prepare_data", "ensure_run", "ensure_runs", "load_result", "notebook_runs", "all_runs", "run_notebooks",
-           "reproduce", "save_figure", "notebook", "NotebookContext", "measure_table5",
-           "write_results", "shown_path", "publish_notebooks"]
+           "reproduce", "notebook", "NotebookContext", "measure_table5", "shown_path", "publish_notebooks"]
 
 NOTEBOOKS: tuple[str, ...] = (
     "00_oshp_data.ipynb", "01_tour.ipynb", "02_train_one_fold.ipynb", "03_tables_1_3.ipynb", "04_table4_ablation.ipynb",
@@ -109,6 +109,11 @@ class ReproducePlan:
     figures_dir: str | None = None
     """Default figures folder (relative to the repository); None: OUT/figures. The demo writes the committed figures/."""
 
+    def settings(self) -> dict[str, Any]:
+        """What a result file records of the plan that produced it."""
+        return {"profile": self.name, "train_profile": self.train_profile, "train_overrides": self.train_overrides,
+                "eval_max_pairs": self.eval_max_pairs}
+
 
 PLANS: dict[str, ReproducePlan] = {
     "smoke": ReproducePlan(
@@ -147,7 +152,7 @@ def get_plan(profile: str | ReproducePlan, train_profile: str | None = None) -> 
     else:
         plan = PLANS[profile]
     if train_profile and train_profile != plan.train_profile:
-        from .config import PROFILES
+        from ..engine.config import PROFILES
 
         if train_profile not in PROFILES:
             raise ValueError(f"unknown training profile {train_profile!r}; choose one of {', '.join(PROFILES)}")
@@ -243,6 +248,10 @@ class NotebookContext:
         return (f"{self.plan.name} profile: {self.plan.description}\nruns in {shown_path(self.paths.runs)} | figures "
                 f"and tables in {shown_path(self.paths.figures)}")
 
+    def write_results(self, results: Sequence[dict], name: str) -> Path:
+        """The per-run results behind a table, as FIGURES/name.json beside the plan that produced them."""
+        return write_results(results, self.figure(name), self.plan.settings())
+
     def figure(self, name: str) -> Path:
         """Stem of a figure or table in the figures folder (``save_figure`` / ``write_table`` add suffixes)."""
         self.paths.figures.mkdir(parents=True, exist_ok=True)
@@ -267,8 +276,8 @@ def notebook(key: str, *, profile: str = "smoke", train_profile: str | None = No
 # ----------------------------------------------------------------------------------------------- data
 def prepare_data(profile: str | ReproducePlan, paths: Paths, *, progress: bool = True) -> dict[str, Path]:
     """Make sure each dataset exists: generate the synthetic one when the plan says how, else check it is there."""
-    from .data.layout import ReleaseLayoutDataset, write_dataset_meta
-    from .data.synthetic import generate_synthetic
+    from ..data.layout import ReleaseLayoutDataset, write_dataset_meta
+    from ..data.synthetic import generate_synthetic
 
     plan = get_plan(profile)
     for name, root in paths.data.items():
@@ -295,7 +304,7 @@ def prepare_data(profile: str | ReproducePlan, paths: Paths, *, progress: bool =
 # ----------------------------------------------------------------------------------------------- runs
 def run_config(spec: RunSpec, plan: ReproducePlan, data_root: Path):
     """The TrainConfig of one run: the plan's training profile and budget, the run's method, fold, way, variant."""
-    from .config import make_config
+    from ..engine.config import make_config
 
     values: dict[str, Any] = dict(plan.train_overrides)
     variant = {k: (dict(v) if isinstance(v, dict) else v) for k, v in VARIANTS[spec.variant].items()}
@@ -317,7 +326,7 @@ def _evaluations(lower: bool, static_novel: bool) -> list[tuple[bool, bool]]:
 
 
 def _done(run: Path, lower: bool, static_novel: bool = False, max_pairs: int | None = None) -> bool:
-    from .evaluation import metrics_name
+    from ..engine.run import metrics_name
 
     return all((run / metrics_name(*e, max_pairs=max_pairs)).is_file() for e in _evaluations(lower, static_novel))
 
@@ -326,8 +335,8 @@ def ensure_run(spec: RunSpec, profile: str | ReproducePlan, paths: Paths, *, low
                progress: bool = True) -> Path:
     """Train and evaluate one run unless its metrics exist (``lower``: also the lower-bound evaluation; an oracle run
     of EOP-Net or POPNet is also scored with its novel classes from the support, ``metrics_static_novel.json``)."""
-    from .evaluation import run_metrics
-    from .training import train
+    from ..engine.evaluate import run_metrics
+    from ..engine.train import train
 
     plan = get_plan(profile)
     run = paths.runs / spec.name
@@ -413,12 +422,12 @@ def load_result(run: str | Path, *, lower: bool = False, static_novel: bool = Fa
                 max_pairs: int | None = None) -> dict:
     """A run's metrics.json (or the lower bound's, or an oracle's scored by the one-shot rule; ``max_pairs``: the
     evaluation on at most that many pairs) with its training wall time added."""
-    from .evaluation import metrics_name
+    from ..engine.run import metrics_name
 
     run = Path(run)
     path = run / metrics_name(lower, static_novel, max_pairs=max_pairs)
     if not path.is_file():
-        raise DatasetError(f"no {path.name} in {run}; train it with oshp.reproduce.ensure_run (or `oshp reproduce`)")
+        raise DatasetError(f"no {path.name} in {run}; train it with oshp.study.reproduce.ensure_run (or `oshp reproduce`)")
     result = json.loads(path.read_text())
     result["metrics_file"] = path.name
     summary = run / "train.json"
@@ -473,21 +482,6 @@ def all_runs(datasets: Sequence[str] = ("atr",), seed: int = 0,
         runs += r
         lower += lo
     return list(dict.fromkeys(runs)), list(dict.fromkeys(lower))
-
-
-# ----------------------------------------------------------------------------------------------- figures
-def save_figure(fig, stem: str | Path) -> list[Path]:
-    """A matplotlib figure as ``stem``.png (150 dpi) and ``stem``.pdf, both byte-identical for identical figures
-    (no creation date in the PDF), so a reproduction changes only the files whose content changed."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for suffix in (".png", ".pdf"):
-        path = stem.with_suffix(suffix)
-        metadata = {"CreationDate": None} if suffix == ".pdf" else None
-        fig.savefig(path, dpi=150, facecolor="white", bbox_inches="tight", metadata=metadata)
-        out.append(path)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- the batch
@@ -590,9 +584,9 @@ def measure_table5(profile: str | ReproducePlan, *, ways: int = 5, device: str =
     """Table 5 on this machine: every method's parameters and inference GMACs (one query + one support, ``ways``
     support classes) and its measured pairs per second (``oshp.benchmark``), at the plan's image size; with the
     paper's backbones unless the plan says otherwise (smoke: its own small ones)."""
-    from .benchmark import run_benchmark
-    from .complexity import complexity
-    from .config import make_config
+    from ..profiling.benchmark import run_benchmark
+    from ..profiling.complexity import complexity
+    from ..engine.config import make_config
 
     plan = get_plan(profile)
     t5 = plan.table5
@@ -610,12 +604,3 @@ def measure_table5(profile: str | ReproducePlan, *, ways: int = 5, device: str =
             "image_size": t5["image_size"], "ways": ways}
 
 
-def write_results(results: Sequence[dict], stem: str | Path, profile: str | ReproducePlan) -> Path:
-    """The per-run results behind a table as ``stem``.json, with the plan that produced them (results are data)."""
-    plan = get_plan(profile)
-    path = Path(stem).with_suffix(".json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"profile": plan.name, "train_profile": plan.train_profile, "train_overrides": plan.train_overrides,
-               "eval_max_pairs": plan.eval_max_pairs, "units": "percent", "results": list(results)}
-    path.write_text(json.dumps(payload, indent=1) + "\n")
-    return path

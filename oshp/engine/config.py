@@ -7,8 +7,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .core.labels import check_way
-from .methods import method_settings
+from ..core.labels import check_way
+from ..models.registry import method_settings
 
 
 @dataclass

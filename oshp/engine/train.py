@@ -19,78 +19,25 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import TrainConfig, config_from_dict
-from .data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
-from .data.layout import ReleaseLayoutDataset
-from .core.errors import DatasetError
-from .methods import build_model, get_method
-from .core.env import device_name, resolve_device, seed_everything, versions
-from .core.io import atomic_write_json
-from .core.schedule import poly_lr
-
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
-LOG = "log.jsonl"
-SUMMARY = "train.json"
-CHECKPOINT_FORMAT = "oshp-checkpoint-1"
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: an interrupted write never leaves a broken checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read an oshp checkpoint; a clear error for missing, corrupt or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"missing checkpoint {path}; train one with `oshp train ... --out RUN` "
-                           f"(it writes RUN/{CHECKPOINT})")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # pickle, zip and EOF errors all mean the same to a user
-        raise DatasetError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {err}); "
-                           f"retrain, or resume from an intact copy") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise DatasetError(f"{path} is not an oshp checkpoint (no '{CHECKPOINT_FORMAT}' marker); "
-                           f"pass a RUN/{CHECKPOINT} written by `oshp train`")
-    return ckpt
-
-
-def model_from_config(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
-    return build_model(cfg.method, num_classes=num_classes, way=cfg.way, backbone=cfg.backbone,
-                       pretrained=cfg.pretrained, backbone_weights=cfg.backbone_weights, **cfg.model_options)
-
-
-def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise DatasetError(f"checkpoint {path} does not match the model its config describes ({err}); "
-                           f"was config.json edited, or the checkpoint copied from another run?") from err
+from .config import TrainConfig
+from ..data.episodes import MetaTestEpisodes, MetaTrainEpisodes, collate_episodes
+from ..data.layout import ReleaseLayoutDataset
+from ..core.errors import DatasetError
+from ..models.registry import get_method
+from ..core.env import device_name, resolve_device, seed_everything, versions
+from ..core.io import atomic_write_json
+from ..core.schedule import poly_lr
+from ..core.env import batch_to_device
+from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOG, SUMMARY, atomic_save, load_checkpoint, load_model_state, model_from_config, run_files
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
-
-
-def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            value = value.to(device, non_blocking=True)
-            if channels_last and value.dim() == 4 and value.is_floating_point():
-                value = value.contiguous(memory_format=torch.channels_last)
-        out[key] = value
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -143,7 +90,7 @@ class Trainer:
     def _validation_episodes(self) -> MetaTestEpisodes | None:
         if self.cfg.val_pairs_per_class <= 0:
             return None
-        from .evaluation import default_test_pairs, first_pairs_per_class
+        from ..data.pairs import default_test_pairs, first_pairs_per_class
 
         chosen = first_pairs_per_class(default_test_pairs(self.ds), self.cfg.val_pairs_per_class)
         return MetaTestEpisodes(self.ds, chosen, way=self.cfg.way, size=self.cfg.image_size)
@@ -253,7 +200,7 @@ class Trainer:
             lr = self._lr(epoch, step, steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            batch = _to_device(batch, self.device, self.fast)
+            batch = batch_to_device(batch, self.device, self.fast)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
                 out = model(batch["query_image"], batch["support_image"], batch["support_label"],
                             support_human=batch["support_human"], query_label=batch["query_label"],
@@ -279,7 +226,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        from .evaluation import evaluate_episodes
+        from .evaluate import evaluate_episodes
 
         metrics = evaluate_episodes(_unwrap(self.model), self.val_episodes, self.spec, self.cfg.fold, self.cfg.way,
                                     self.device, progress=False, fast=self.fast)
@@ -290,29 +237,5 @@ class Trainer:
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
     """Train one run (see :class:`Trainer`); returns the summary also written to RUN/train.json."""
     return Trainer(cfg, out, progress=progress).train(resume=resume)
-
-
-def run_files(folder: str | Path) -> list[str]:
-    """The files of a training run in ``folder`` (empty when there is none, or no folder)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    names = [CONFIG, CHECKPOINT, LOG, SUMMARY]
-    return [n for n in names if (folder / n).exists()] + sorted(p.name for p in folder.glob("metrics*.json"))
-
-
-def read_history(run: str | Path) -> list[dict]:
-    """The per-epoch log of a run (losses, learning rate, held-out accuracies), for tables and Fig. 7."""
-    path = Path(run) / LOG
-    if not path.is_file():
-        raise DatasetError(f"no training log {path}; is {run} a run folder written by `oshp train`?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def config_from_run(run: str | Path) -> TrainConfig:
-    path = Path(run) / CONFIG
-    if not path.is_file():
-        raise DatasetError(f"no {CONFIG} in {run}; pass a run folder written by `oshp train --out RUN`")
-    return config_from_dict(json.loads(path.read_text()))
 
 

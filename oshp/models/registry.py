@@ -47,8 +47,8 @@ class Method:
 
 def _build_eopnet(num_classes: int, way: str, backbone: str, pretrained: bool = False,
                   backbone_weights: str | None = None, **model_options) -> nn.Module:
-    from .models.eopnet import EOPNet, EOPNetConfig
-    from .models.episode import check_options
+    from .eopnet import EOPNet, EOPNetConfig
+    from .episode import check_options
 
     check_options("EOP-Net", model_options, EOPNetConfig, {"ablation", "release_compat"})
     ablation = model_options.pop("ablation", None)
@@ -144,7 +144,7 @@ def method_settings(method: str, profile: str) -> dict[str, Any]:
 
 def build_model(method: str, *, num_classes: int, way: str, backbone: str, pretrained: bool = False,
                 backbone_weights: str | None = None, **model_options) -> nn.Module:
-    from .pretrain import resolve_backbone_weights
+    from .weights import resolve_backbone_weights
 
     m = get_method(method)
     backbone_weights = resolve_backbone_weights(backbone_weights, backbone)

@@ -16,9 +16,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from .data.layout import ReleaseLayoutDataset
-from .data.vocab import DatasetSpec, merge_labels
-from .core.labels import BACKGROUND, IGNORE_INDEX
+from ..data.layout import ReleaseLayoutDataset
+from ..data.vocab import DatasetSpec, merge_labels
+from ..core.labels import BACKGROUND, IGNORE_INDEX
 
 _TAB20 = colormaps["tab20"].colors  # even: the tab10 colours, odd: their light variants
 _NAME_COLOURS = {

@@ -106,7 +106,7 @@ def complexity(
     component), ``image_size``, ``ways``, ``method``, ``backbone``, ``counter`` (how MACs were counted), ``seconds``,
     and ``paper`` (the Table 5 row, when the paper gives one, else None).
     """
-    from oshp.methods import build_model, get_method
+    from oshp.models.registry import build_model, get_method
 
     m = get_method(method)
     backbone = backbone or m.paper_backbone

@@ -25,23 +25,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import PretrainConfig
-from .data.creatures import CreatureEpisodes
-from .data.episodes import collate_episodes
-from .training import atomic_save
-from .core.env import device_name, resolve_device, seed_everything, versions
-from .core.io import atomic_write_json
-from .core.schedule import poly_lr
-from .core.io import sha256
-
-BACKBONE_FILE = "backbone.pt"
-BACKBONE_FORMAT = "oshp-backbone-1"
-SHIPPED_DIR = Path(__file__).parent / "weights"
-SHIPPED = {"mobilenetv3_small_100": "synthetic_mobilenetv3_small_100.pt"}
-"""Backbones with a synthetic-pretrained checkpoint shipped in the package (``--backbone-weights synthetic``)."""
+from ..data.creatures import CreatureEpisodes
+from ..data.episodes import collate_episodes
+from .run import atomic_save
+from ..core.env import device_name, resolve_device, seed_everything, versions
+from ..core.io import atomic_write_json
+from ..core.schedule import poly_lr
+from ..core.io import sha256
+from ..models.weights import BACKBONE_FILE, BACKBONE_FORMAT
 
 
 def _model(cfg: PretrainConfig) -> torch.nn.Module:
-    from .models.eopnet import EOPNet, EOPNetConfig
+    from ..models.eopnet import EOPNet, EOPNetConfig
 
     return EOPNet(EOPNetConfig(num_classes=cfg.num_classes, way="k", backbone=cfg.backbone, embed_dim=cfg.embed_dim,
                                use_agm=False, use_npm=True, weight_shifting=False, multi_task=False, contrastive=True,
@@ -119,29 +114,6 @@ def save_backbone(backbone: torch.nn.Module, path: Path, cfg: PretrainConfig) ->
              for k, v in backbone.state_dict().items()}
     atomic_save({"format": BACKBONE_FORMAT, "backbone": cfg.backbone, "config": dataclasses.asdict(cfg),
                  "state_dict": state}, path)
-
-
-def shipped_backbone(backbone: str) -> Path:
-    """The shipped synthetic-pretrained checkpoint of ``backbone``; a clear error where none ships."""
-    if backbone not in SHIPPED:
-        raise ValueError(f"no synthetic-pretrained checkpoint ships for backbone {backbone!r} (only for "
-                         f"{', '.join(SHIPPED)}); make one with `oshp pretrain --backbone {backbone} --out DIR` and "
-                         f"pass --backbone-weights DIR/{BACKBONE_FILE}, or --backbone-weights none to start from random weights")
-    path = SHIPPED_DIR / SHIPPED[backbone]
-    if not path.is_file():
-        raise FileNotFoundError(f"the shipped checkpoint {path} is missing from this installation; regenerate it with "
-                                f"the command in {SHIPPED_DIR / 'README.md'}")
-    return path
-
-
-def resolve_backbone_weights(value: str | None, backbone: str) -> str | None:
-    """``"synthetic"`` names the shipped checkpoint of ``backbone``; ``"none"`` (or empty) means random initial
-    weights (to override a profile's default); anything else is a path."""
-    if value is None or value.strip().lower() in ("", "none"):
-        return None
-    if value == "synthetic":
-        return str(shipped_backbone(backbone))
-    return value
 
 
 def read_pretrain_summary(folder: str | Path) -> dict:

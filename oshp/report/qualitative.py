@@ -13,9 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.episodes import MetaTestEpisodes
-from .data.layout import ReleaseLayoutDataset
-from .core.errors import DatasetError
+from ..data.episodes import MetaTestEpisodes
+from ..data.layout import ReleaseLayoutDataset
+from ..core.errors import DatasetError
+from ..data.pairs import default_test_pairs
+from ..engine.run import config_from_run
 
 __all__ = ["pairs_of_class", "same_query_pairs", "predict_rows", "compare_methods", "images_with_classes",
            "parse_chosen"]
@@ -60,8 +62,8 @@ def predict_rows(run: str | Path, ds: ReleaseLayoutDataset, pairs: Sequence[dict
     """Run a trained run's model on ``pairs`` (native resolution, its own way) and return figure rows:
     ``support``, ``support_mask``, ``query``, ``pred``, ``target`` and ``caption`` (``{class}`` -> class name,
     ``{novel}`` -> "novel"/"base")."""
-    from .evaluation import load_run_model
-    from .inference import output_labels
+    from ..engine.run import load_run_model
+    from ..engine.parse import output_labels
 
     cfg, model, dev, _ = load_run_model(run, device=device)
     episodes = MetaTestEpisodes(ds, list(pairs), way=cfg.way)
@@ -95,7 +97,7 @@ def compare_methods(runs: dict[str, str | Path], ds: ReleaseLayoutDataset, pairs
 def images_with_classes(ds: ReleaseLayoutDataset, class_ids: Sequence[int], split: str = "test", count: int = 2,
                         skip: int = 0) -> list[str]:
     """The first ``count`` images of ``split`` (after ``skip``) whose OSHP labels show every class of ``class_ids``."""
-    from .data.vocab import merge_labels, present_classes
+    from ..data.vocab import merge_labels, present_classes
 
     wanted, found = set(int(c) for c in class_ids), []
     for image_id in ds.ids(split):
@@ -117,9 +119,9 @@ def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, suppo
     """Parse test image ``query_id`` into the classes ``class_names`` shown by test image ``support_id``'s mask
     (the classes a user picks, as `oshp parse --classes` does); a figure row whose ground truth keeps only those
     classes (everything else is background for this episode)."""
-    from .data.vocab import merge_labels, restrict_to_classes
-    from .evaluation import load_run_model
-    from .inference import parse_arrays, prepare_support, support_classes_from_names
+    from ..data.vocab import merge_labels, restrict_to_classes
+    from ..engine.run import load_run_model
+    from ..engine.parse import parse_arrays, prepare_support, support_classes_from_names
 
     cfg, model, dev, _ = load_run_model(run, device=device)
     classes = support_classes_from_names(ds.spec, list(class_names))
@@ -130,3 +132,17 @@ def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, suppo
     return {"support": support, "support_mask": mask, "query": query, "pred": pred,
             "target": restrict_to_classes(merge_labels(query_raw, ds.spec), classes),
             "caption": ", ".join(class_names)}
+
+
+def novel_parse_figure(run: str | Path, ds: ReleaseLayoutDataset, out: str | Path, pair_index: int = 0) -> Path:
+    """One parse per novel class of the run's fold, from meta-test pair ``pair_index`` of that class (PNG ``out``)."""
+    from .plotting import plot_parses
+    from .qualitative import pairs_of_class, predict_rows
+
+    cfg = config_from_run(run)
+    pairs = default_test_pairs(ds)
+    chosen = [pairs_of_class(pairs, c, 1, start=pair_index, distinct_queries=False)[0]
+              for c in ds.spec.novel_ids(cfg.fold)]
+    rows = predict_rows(run, ds, chosen, caption="novel: {class}")
+    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
+                                                 f"novel classes parsed from one support")

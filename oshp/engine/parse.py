@@ -14,12 +14,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.layout import load_label_map, load_rgb, save_label_map
-from .core.errors import DatasetError
-from .data.vocab import DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes
-from .core.labels import BACKGROUND
-from .evaluation import load_run_model, one_way_to_class
-from .plotting import label_palette, overlay_with_legend
+from ..data.layout import load_label_map, load_rgb, save_label_map
+from ..core.errors import DatasetError
+from ..data.vocab import DatasetSpec, get_dataset, human_mask, merge_labels, present_classes, restrict_to_classes
+from ..core.labels import BACKGROUND
+from .evaluate import one_way_to_class
+from .run import load_run_model
+from ..report.plotting import label_palette, overlay_with_legend
 
 
 def support_classes_from_names(spec: DatasetSpec, names: str | list[str] | None) -> tuple[int, ...] | None:

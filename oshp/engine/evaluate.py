@@ -16,35 +16,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .data.episodes import MetaTestEpisodes, collate_episodes
-from .data.layout import ReleaseLayoutDataset
-from .core.errors import DatasetError
-from .data.official import official_ids
-from .data.pairs import build_meta_test_pairs, load_pairs
-from .data.vocab import DatasetSpec, get_dataset
-from .metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
-from .config import TrainConfig, config_from_dict
-from .training import (
-    CHECKPOINT,
-    CONFIG,
-    _to_device,
-    config_from_run,
-    load_checkpoint,
-    load_model_state,
-    model_from_config,
-)
-from .core.env import device_name, resolve_device, versions
-from .core.io import atomic_write_json
-
-METRICS = "metrics.json"
-
-
-def default_test_pairs(ds: ReleaseLayoutDataset) -> list[dict]:
-    """The meta-test pairs of a dataset: the released ATR pairs when the lists are the released ones,
-    otherwise the same rule applied to the labels on disk (cached beside the lists)."""
-    if ds.spec.key == "atr" and tuple(ds.ids("test")) == official_ids("atr", "test"):
-        return build_meta_test_pairs("atr")["pairs"]
-    return build_meta_test_pairs(ds.spec, ds.root)["pairs"]
+from ..data.episodes import MetaTestEpisodes, collate_episodes
+from ..data.layout import ReleaseLayoutDataset
+from ..core.errors import DatasetError
+from ..data.pairs import load_pairs
+from ..data.vocab import DatasetSpec
+from ..metrics import ConfusionMatrix, OneWayMeter, accuracy_per_class, kway_metrics, oneway_metrics
+from ..core.env import batch_to_device
+from ..core.env import device_name, versions
+from ..core.io import atomic_write_json
+from ..data.pairs import balanced_subset, default_test_pairs
+from .run import load_run_model, metrics_name
 
 
 def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:
@@ -78,7 +60,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
 
         iterator = tqdm(loader, desc="evaluating", unit="pair", leave=False)
     for batch in iterator:
-        batch = _to_device(batch, device, fast)
+        batch = batch_to_device(batch, device, fast)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
             out = model(batch["query_image"], batch["support_image"], batch["support_label"],
                         support_human=batch["support_human"])
@@ -134,50 +116,6 @@ def _nan_to_none(x: float) -> float | None:
     return None if not np.isfinite(x) else 100.0 * float(x)
 
 
-def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-                   options: dict[str, Any] | None = None):
-    """(config, model in eval mode, device, checkpoint) of a run folder or a checkpoint file.
-
-    ``options``: model options that replace the run's for this model only, e.g. ``{"test_prototypes": "static"}``
-    (every class from the support: strict one-shot) or ``{"foreground_screening": True}`` (the release's test rule).
-    Options that would change the weights (``embed_dim``, ``use_agm``, ...) are refused with a clear error.
-    """
-    run = Path(run) if run is not None else None
-    path = Path(checkpoint) if checkpoint else run / CHECKPOINT
-    if path.is_dir():  # a run folder is as good as its checkpoint
-        path = path / CHECKPOINT
-    dev = resolve_device(device)
-    ckpt = load_checkpoint(path, dev)
-    cfg = config_from_dict(ckpt["config"])
-    if run is not None and (run / CONFIG).is_file():
-        check_same_run(config_from_run(run), cfg, run, path)
-    spec = get_dataset(cfg.dataset)
-    # weights come from the checkpoint: never fetch or read the backbone's initial weights again
-    cfg.pretrained, cfg.backbone_weights = False, None
-    if options:
-        cfg.model_options = {**cfg.model_options, **options}
-    model = model_from_config(cfg, spec.num_raw_classes)
-    try:
-        load_model_state(model, ckpt["model"], path)
-    except DatasetError as err:
-        if not options:
-            raise
-        raise DatasetError(f"the option(s) {sorted(options)} change the weights of the model in {path}, so they "
-                           f"cannot change at evaluation; only test-time options can (e.g. test_prototypes=static, "
-                           f"foreground_screening=true, restrict_to_support=false)") from err
-    return cfg, model.to(dev).eval(), dev, ckpt
-
-
-def check_same_run(expected: TrainConfig, found: TrainConfig, run: Path, checkpoint: Path) -> None:
-    """Refuse a checkpoint whose method, way, fold or dataset is not the run's: its metrics would be filed under the
-    wrong configuration."""
-    differ = [f"{key}={getattr(found, key)!r} (the run says {getattr(expected, key)!r})"
-              for key in ("method", "way", "fold", "dataset") if getattr(found, key) != getattr(expected, key)]
-    if differ:
-        raise DatasetError(f"checkpoint {checkpoint} does not belong to run {run}: it was trained with "
-                           f"{', '.join(differ)}; evaluate it with its own run folder (--run)")
-
-
 def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int, ...], num_classes: int) -> int:
     """Make every class-level prototype memory treat ``novel`` as never trained (returns how many memories it touched).
 
@@ -186,7 +124,7 @@ def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int
     (``label_novel``) does. Forgetting them scores an oracle's novel classes by the rule a one-shot run's novel classes
     get, so that the two differ only in what they were trained on.
     """
-    from .models.prototypes import PrototypeMemory
+    from ..models.prototypes import PrototypeMemory
 
     memories = [m for m in model.modules() if isinstance(m, PrototypeMemory) and m.num_slots == num_classes]
     if not memories:
@@ -257,57 +195,3 @@ def run_metrics(run: str | Path, *, max_pairs: int | None = None, progress: bool
     return json.loads(path.read_text())
 
 
-def metrics_name(suppress_novel: bool = False, static_novel: bool = False,
-                 options: dict[str, Any] | None = None, max_pairs: int | None = None) -> str:
-    """The file in a run folder that an evaluation with these switches (and test-time options) writes. An evaluation
-    on at most ``max_pairs`` pairs is named for it, so it never stands in for the full evaluation (metrics.json)."""
-    stem = "metrics" + ("_suppress_novel" if suppress_novel else "_static_novel" if static_novel else "")
-    stem += "".join(f"_{key}-{str(value).lower() if isinstance(value, bool) else value}"
-                    for key, value in sorted((options or {}).items()))
-    stem += f"_max-pairs-{max_pairs}" if max_pairs else ""
-    return stem + ".json"
-
-
-def first_pairs_per_class(pairs: list[dict], per_class: int) -> list[dict]:
-    """The first ``per_class`` pairs of every class, in the pairs' order (a quick, balanced subset)."""
-    out, counts = [], {}
-    for p in pairs:
-        if counts.get(p["class_id"], 0) < per_class:
-            counts[p["class_id"]] = counts.get(p["class_id"], 0) + 1
-            out.append(p)
-    return out
-
-
-def balanced_subset(pairs: list[dict], n: int) -> list[dict]:
-    """At most ``n`` pairs, taken class by class in turn (each class's first pairs first), in the pairs' order: a
-    quick evaluation that is as class-balanced as ``n`` allows."""
-    by_class: dict[int, list[int]] = {}
-    for i, p in enumerate(pairs):
-        by_class.setdefault(p["class_id"], []).append(i)
-    chosen: list[int] = []
-    for rank in range(max((len(v) for v in by_class.values()), default=0)):
-        for positions in by_class.values():
-            if rank < len(positions) and len(chosen) < n:
-                chosen.append(positions[rank])
-    return [pairs[i] for i in sorted(chosen)]
-
-
-def read_metrics(run: str | Path) -> dict:
-    path = Path(run) / METRICS
-    if not path.is_file():
-        raise DatasetError(f"no {METRICS} in {run}; run `oshp evaluate --run {run}` first")
-    return json.loads(path.read_text())
-
-
-def novel_parse_figure(run: str | Path, ds: ReleaseLayoutDataset, out: str | Path, pair_index: int = 0) -> Path:
-    """One parse per novel class of the run's fold, from meta-test pair ``pair_index`` of that class (PNG ``out``)."""
-    from .plotting import plot_parses
-    from .qualitative import pairs_of_class, predict_rows
-
-    cfg = config_from_run(run)
-    pairs = default_test_pairs(ds)
-    chosen = [pairs_of_class(pairs, c, 1, start=pair_index, distinct_queries=False)[0]
-              for c in ds.spec.novel_ids(cfg.fold)]
-    rows = predict_rows(run, ds, chosen, caption="novel: {class}")
-    return plot_parses(rows, ds.spec, out, title=f"EOP-Net ({cfg.profile} profile), {cfg.way}-way, fold {cfg.fold}: "
-                                                 f"novel classes parsed from one support")

@@ -15,13 +15,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .methods import METHODS, get_method
+from ..models.registry import METHODS, get_method
 
 __all__ = ["paper_results", "paper_dataset_name", "main_table", "main_table_columns", "ablation_table",
            "progressive_table", "complexity_table", "bounds_table", "mean_std", "bounds_by_setting_markdown",
            "to_markdown", "to_csv", "to_latex", "write_table"]
 
-REFERENCE = Path(__file__).parent / "reference" / "paper_results.json"
+REFERENCE = Path(__file__).parent.parent / "reference" / "paper_results.json"
 COLUMNS = {"k": ("novel_miou", "human_miou", "overall_acc"), "1": ("novel_miou", "human_miou", "binary_miou")}
 LABELS = {"novel_miou": "novel mIoU", "human_miou": "human mIoU", "overall_acc": "overall acc",
           "binary_miou": "Bi-mIoU", "base_miou": "base mIoU"}
