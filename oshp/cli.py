@@ -449,7 +449,7 @@ def _run_benchmark(args) -> int:
 
 
 def _add_reproduce(sub) -> None:
-    from .study.reproduce import NOTEBOOKS, PLANS
+    from .study.plans import NOTEBOOKS, PLANS
     from .engine.config import PROFILES
 
     p = sub.add_parser(
@@ -480,7 +480,8 @@ def _add_reproduce(sub) -> None:
 
 
 def _run_reproduce(args) -> int:
-    from .study.reproduce import NOTEBOOKS, reproduce
+    from .study.reproduce import reproduce
+    from .study.plans import NOTEBOOKS
 
     chosen = None
     if args.notebooks:

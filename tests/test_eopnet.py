@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from toy import box_episode, overfit, random_episode
 
 from oshp.models import backbone as backbone_mod
-from oshp.models.backbone import DeepLabFeatures, _accepts_output_stride
+from oshp.models.backbone import DeepLabFeatures, accepts_output_stride
 from oshp.models.eopnet import LOW_LOGIT, EOPNet, EOPNetConfig, NPMHead
 from oshp.models.prototypes import (
     PrototypeMemory,
@@ -346,7 +346,7 @@ def test_backbone_picks_stride4_and_deepest_features():
     net = DeepLabFeatures(TINY)
     assert net.low_reduction == 4 and net.high_reduction == 16 and net.output_stride == 16
     assert net(torch.randn(1, 3, 64, 64)).shape == (1, 256, 16, 16)
-    assert _accepts_output_stride("resnet18", 16) and not _accepts_output_stride("vit_tiny_patch16_224", 16)
+    assert accepts_output_stride("resnet18", 16) and not accepts_output_stride("vit_tiny_patch16_224", 16)
     with pytest.raises(ValueError, match="unknown timm backbone"):
         DeepLabFeatures("not_a_model_xyz")
 

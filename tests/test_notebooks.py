@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from oshp.study import plans
 from oshp.study import reproduce as rp
 from oshp.engine.config import PROFILES
 from oshp.data.vocab import get_dataset
@@ -40,7 +41,7 @@ def _percent(value) -> bool:
 
 def test_every_notebook_runs_without_errors_warnings_or_machine_paths(smoke):
     executed = [Path(p) for p in smoke["summary"]["notebooks"]]
-    assert [p.name for p in executed] == list(rp.NOTEBOOKS)
+    assert [p.name for p in executed] == list(plans.NOTEBOOKS)
     for path in executed:
         nb = nbformat.read(str(path), as_version=4)
         for cell in nb.cells:
@@ -49,7 +50,7 @@ def test_every_notebook_runs_without_errors_warnings_or_machine_paths(smoke):
                 text = output.get("text", "") + "".join(str(v) for k, v in output.get("data", {}).items()
                                                        if k.startswith("text/"))
                 assert "Warning" not in text, (path.name, text[:300])
-                assert str(rp.repo_root()) not in text, (path.name, text[:300])
+                assert str(plans.repo_root()) not in text, (path.name, text[:300])
 
 
 def test_figures_and_tables_are_written(smoke):
@@ -64,7 +65,7 @@ def test_figures_and_tables_are_written(smoke):
 def test_tables_1_3_hold_every_run_with_metrics_in_range(smoke):
     data = json.loads((smoke["figures"] / "tables_1_3_runs.json").read_text())
     runs = data["results"]
-    assert len(runs) == len(rp.table_specs("atr"))
+    assert len(runs) == len(plans.table_specs("atr"))
     assert data["profile"] == "smoke"
     names = {ATR.class_name(c) for c in ATR.foreground_ids}
     for r in runs:
@@ -77,7 +78,7 @@ def test_tables_1_3_hold_every_run_with_metrics_in_range(smoke):
 def test_table4_has_the_paper_rows_and_the_lower_bound_is_zero_on_novel_classes(smoke):
     with open(smoke["figures"] / "table4_ablation.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["method"] for r in rows] == [name for name, _ in rp.TABLE4_VARIANTS]
+    assert [r["method"] for r in rows] == [name for name, _ in plans.TABLE4_VARIANTS]
     for r in rows:
         assert all(_percent(float(r[k])) for k in ("novel_miou", "base_miou", "human_miou") if r[k])
     lower = rp.load_result(smoke["out"] / "runs" / "atr_eopnet_kway_f1_s0", lower=True)
@@ -111,5 +112,5 @@ def test_publishing_drops_the_injected_parameters(smoke, tmp_path):
         assert "papermill" not in nb.metadata
         counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
         assert counts == list(range(1, len(counts) + 1))
-        source = nbformat.read(str(rp.repo_root() / "notebooks" / path.name), as_version=4)
+        source = nbformat.read(str(plans.repo_root() / "notebooks" / path.name), as_version=4)
         assert [c.source for c in nb.cells] == [c.source for c in source.cells]

@@ -8,7 +8,8 @@ from PIL import Image
 
 from oshp.data.synthetic import generate_synthetic
 from oshp.data.vocab import ATR, CIHP, LIP
-from oshp.report.plotting import colorize, label_palette, legend_handles, overlay, show_samples
+from oshp.report.plotting import legend_handles, show_samples
+from oshp.data.palette import colorize, label_palette, overlay
 
 
 @pytest.mark.parametrize("spec", [ATR, LIP, CIHP], ids=lambda s: s.key)

@@ -9,7 +9,7 @@ from oshp.cli import main
 from oshp.data.creatures import creature_episode, make_species
 from oshp.data.episodes import MetaTrainEpisodes
 from oshp.data.pseudo import paste_pseudo_class
-from oshp.engine.evaluate import _suppress_novel
+from oshp.engine.evaluate import suppress_novel_logits
 from oshp.models.registry import build_model
 from oshp.models.backbone import DeepLabFeatures
 from oshp.engine.config import PretrainConfig
@@ -128,11 +128,11 @@ def test_suppress_novel_never_predicts_a_novel_class():
     logits = torch.zeros(1, 18, 2, 2)
     logits[0, 5] = 3.0  # a novel class of ATR fold 1 (skirt) wins everywhere
     logits[0, 0, 0, 0] = 4.0
-    pred = _suppress_novel(logits, [5, 6, 7], None).argmax(1)
+    pred = suppress_novel_logits(logits, [5, 6, 7], None).argmax(1)
     assert pred[0, 0, 0] == 0 and (pred != 5).all()
     one_way = torch.tensor([[[[0.0]], [[2.0]]]])
-    assert _suppress_novel(one_way, [5], 5).argmax(1).item() == 0
-    assert _suppress_novel(one_way, [5], 2).argmax(1).item() == 1
+    assert suppress_novel_logits(one_way, [5], 5).argmax(1).item() == 0
+    assert suppress_novel_logits(one_way, [5], 2).argmax(1).item() == 1
 
 
 def test_shipped_backbone_matches_its_checksum():

@@ -8,60 +8,61 @@ import numpy as np
 import pytest
 
 from oshp.report.figures import save_figure, write_results
+from oshp.study import plans
 from oshp.study import reproduce as rp
 from oshp.core.errors import DatasetError
 
 
 # ----------------------------------------------------------------------------------------------- runs and plans
 def test_run_spec_names_and_validation():
-    assert rp.RunSpec("EOP-Net", "k", 2, 1).name == "atr_eopnet_kway_f2_s1"
-    assert rp.RunSpec("eopnet", "k", 1, 0, "atr", "dml-ws").name == "atr_eopnet_kway_f1_s0_dml-ws"
+    assert plans.RunSpec("EOP-Net", "k", 2, 1).name == "atr_eopnet_kway_f2_s1"
+    assert plans.RunSpec("eopnet", "k", 1, 0, "atr", "dml-ws").name == "atr_eopnet_kway_f1_s0_dml-ws"
     with pytest.raises(ValueError, match="1-way"):
-        rp.RunSpec("panet", "k")
+        plans.RunSpec("panet", "k")
     with pytest.raises(ValueError, match="unknown run variant"):
-        rp.RunSpec("eopnet", "k", variant="bogus")
+        plans.RunSpec("eopnet", "k", variant="bogus")
     with pytest.raises(ValueError, match="EOP-Net modules"):
-        rp.RunSpec("popnet", "k", variant="agm")
+        plans.RunSpec("popnet", "k", variant="agm")
 
 
 def test_plans_and_training_profile_swap():
     with pytest.raises(ValueError, match="unknown reproduction profile"):
-        rp.get_plan("nope")
-    swapped = rp.get_plan("demo", "demo")
+        plans.get_plan("nope")
+    swapped = plans.get_plan("demo", "demo")
     assert swapped.name == "demo-demo" and swapped.train_profile == "demo" and swapped.train_overrides == {}
-    assert rp.get_plan("demo", "quick") is rp.PLANS["demo"]  # its own training profile: unchanged
+    assert plans.get_plan("demo", "quick") is plans.PLANS["demo"]  # its own training profile: unchanged
     with pytest.raises(ValueError, match="unknown training profile"):
-        rp.get_plan("demo", "huge")
+        plans.get_plan("demo", "huge")
 
 
 def test_run_config_applies_budget_variant_and_validation(tmp_path):
-    plan = rp.get_plan("demo")
-    cfg = rp.run_config(rp.RunSpec("eopnet", "k", 1, 2, variant="agm"), plan, tmp_path)
+    plan = plans.get_plan("demo")
+    cfg = rp.run_config(plans.RunSpec("eopnet", "k", 1, 2, variant="agm"), plan, tmp_path)
     assert (cfg.profile, cfg.epochs, cfg.pairs_per_epoch, cfg.seed, cfg.fold) == ("quick", 3, 200, 2, 1)
     assert cfg.model_options["ablation"] == "AGM" and cfg.model_options["embed_dim"] == 64  # method's own kept
     assert cfg.val_pairs_per_class == plan.val_pairs_per_class
-    oracle = rp.run_config(rp.RunSpec("eopnet", "k", variant="oracle"), plan, tmp_path)
-    scratch = rp.run_config(rp.RunSpec("eopnet", "k", variant="scratch"), plan, tmp_path)
-    assert oracle.label_novel and not rp.run_config(rp.RunSpec(), plan, tmp_path).label_novel
+    oracle = rp.run_config(plans.RunSpec("eopnet", "k", variant="oracle"), plan, tmp_path)
+    scratch = rp.run_config(plans.RunSpec("eopnet", "k", variant="scratch"), plan, tmp_path)
+    assert oracle.label_novel and not rp.run_config(plans.RunSpec(), plan, tmp_path).label_novel
     assert scratch.backbone_weights == "none"
-    no_dp = rp.run_config(rp.RunSpec("eopnet", "k", variant="no-dp"), plan, tmp_path)
+    no_dp = rp.run_config(plans.RunSpec("eopnet", "k", variant="no-dp"), plan, tmp_path)
     assert no_dp.model_options["dynamic_prototypes"] is False
-    assert rp.run_config(rp.RunSpec("amp", "1", 2), plan, tmp_path).val_pairs_per_class == 0
+    assert rp.run_config(plans.RunSpec("amp", "1", 2), plan, tmp_path).val_pairs_per_class == 0
 
 
 def test_notebook_runs_cover_every_table_and_share_runs():
-    tables, _ = rp.notebook_runs("03_tables_1_3.ipynb")
+    tables, _ = plans.notebook_runs("03_tables_1_3.ipynb")
     assert len(tables) == 26  # 5 k-way methods + 8 1-way methods, two folds
-    ablation, _ = rp.notebook_runs("04")
-    assert {s.variant for s in ablation if s.method == "eopnet"} == {v for _, v in rp.TABLE4_VARIANTS}
-    assert rp.RunSpec("popnet", "k", 1) in ablation and rp.RunSpec("popnet", "k", 1) in tables
-    tour, lower = rp.notebook_runs("01")
-    assert lower == [rp.RunSpec("eopnet", "k", 1)]
-    runs, _ = rp.all_runs()
+    ablation, _ = plans.notebook_runs("04")
+    assert {s.variant for s in ablation if s.method == "eopnet"} == {v for _, v in plans.TABLE4_VARIANTS}
+    assert plans.RunSpec("popnet", "k", 1) in ablation and plans.RunSpec("popnet", "k", 1) in tables
+    tour, lower = plans.notebook_runs("01")
+    assert lower == [plans.RunSpec("eopnet", "k", 1)]
+    runs, _ = plans.all_runs()
     assert len(runs) == 34 and len(set(runs)) == len(runs)
-    assert rp.RunSpec("eopnet", "k", 1, variant="no-dp") in runs
+    assert plans.RunSpec("eopnet", "k", 1, variant="no-dp") in runs
     with pytest.raises(ValueError, match="unknown notebook"):
-        rp.notebook_runs("99")
+        plans.notebook_runs("99")
 
 
 def test_each_worker_gets_its_own_gpu():
@@ -71,23 +72,23 @@ def test_each_worker_gets_its_own_gpu():
 
 
 def test_resolve_paths(tmp_path):
-    smoke = rp.resolve_paths("smoke", out_dir=tmp_path / "out")
+    smoke = plans.resolve_paths("smoke", out_dir=tmp_path / "out")
     assert smoke.data == {"atr": tmp_path / "out" / "data"} and smoke.figures == tmp_path / "out" / "figures"
     with pytest.raises(DatasetError, match="--data-root"):
-        rp.resolve_paths("paper", out_dir=tmp_path)
+        plans.resolve_paths("paper", out_dir=tmp_path)
     for name in ("atr", "LIP"):
         (tmp_path / "real" / name / "list").mkdir(parents=True)
-    paths = rp.resolve_paths("paper", data_root=tmp_path / "real", datasets=["atr", "lip"], out_dir=tmp_path / "o")
+    paths = plans.resolve_paths("paper", data_root=tmp_path / "real", datasets=["atr", "lip"], out_dir=tmp_path / "o")
     assert paths.data == {"atr": tmp_path / "real" / "atr", "lip": tmp_path / "real" / "LIP"}
 
 
 def test_prepare_data_refuses_missing_real_data_and_foreign_folders(tmp_path):
-    paths = rp.resolve_paths("paper", data_root=tmp_path / "none", datasets=["lip"], out_dir=tmp_path / "o")
+    paths = plans.resolve_paths("paper", data_root=tmp_path / "none", datasets=["lip"], out_dir=tmp_path / "o")
     with pytest.raises(DatasetError, match="oshp prepare --dataset lip"):
         rp.prepare_data("paper", paths, progress=False)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
-    paths = rp.resolve_paths("smoke", data_root=tmp_path / "busy", out_dir=tmp_path / "o")
+    paths = plans.resolve_paths("smoke", data_root=tmp_path / "busy", out_dir=tmp_path / "o")
     with pytest.raises(DatasetError, match="holds no dataset"):
         rp.prepare_data("smoke", paths, progress=False)
 
@@ -95,8 +96,8 @@ def test_prepare_data_refuses_missing_real_data_and_foreign_folders(tmp_path):
 def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
     import oshp.engine.train
 
-    paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
-    spec = rp.RunSpec("amp", "1", 2)
+    paths = plans.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
+    spec = plans.RunSpec("amp", "1", 2)
     (paths.runs / spec.name).mkdir(parents=True)
     (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))  # training finished
     (paths.runs / spec.name / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
@@ -111,8 +112,8 @@ def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_pa
     import oshp.engine.evaluate
     import oshp.engine.train
 
-    paths = rp.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
-    oracle, plain_oracle = rp.RunSpec("eopnet", "k", 1, variant="oracle"), rp.RunSpec("amp", "k", 1, variant="oracle")
+    paths = plans.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
+    oracle, plain_oracle = plans.RunSpec("eopnet", "k", 1, variant="oracle"), plans.RunSpec("amp", "k", 1, variant="oracle")
     for spec in (oracle, plain_oracle):
         (paths.runs / spec.name).mkdir(parents=True)
         (paths.runs / spec.name / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))
@@ -135,8 +136,8 @@ def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_pa
 def smoke_run(tiny_synthetic, tmp_path_factory, single_thread):
     """One EOP-Net smoke run on the shared tiny dataset, with its lower-bound evaluation."""
     out = tmp_path_factory.mktemp("reproduce")
-    paths = rp.resolve_paths("smoke", out_dir=out, data_root=tiny_synthetic.root)
-    spec = rp.RunSpec("eopnet", "k", 1)
+    paths = plans.resolve_paths("smoke", out_dir=out, data_root=tiny_synthetic.root)
+    spec = plans.RunSpec("eopnet", "k", 1)
     runs = rp.ensure_runs([spec], "smoke", paths, lower=[spec], progress=False)
     return runs[spec]
 
@@ -246,7 +247,7 @@ def test_reproduce_cli_runs_one_notebook_with_papermill(tiny_synthetic, tmp_path
 
 
 def test_write_results_keeps_the_plan_beside_the_numbers(tmp_path):
-    path = write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", rp.get_plan("demo").settings())
+    path = write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", plans.get_plan("demo").settings())
     data = json.loads(path.read_text())
     assert path.name == "runs.json" and data["results"] == [{"method": "eopnet", "novel_miou": 1.5}]
     assert (data["train_profile"], data["train_overrides"], data["eval_max_pairs"]) == ("quick", {"epochs": 3,

@@ -7,6 +7,7 @@ import random
 
 import numpy as np
 import torch
+from .. import __version__
 
 
 def resolve_device(name: str) -> torch.device:
@@ -27,8 +28,6 @@ def seed_everything(seed: int) -> None:
 def versions() -> dict:
     import timm
     import torchvision
-
-    from .. import __version__
 
     return {"oshp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "timm": timm.__version__, "numpy": np.__version__, "python": platform.python_version()}

@@ -34,6 +34,7 @@ from ..core.errors import DatasetError
 from .vocab import DatasetSpec, flip_labels, get_dataset
 from ..core.errors import UnknownClassError
 from ..core.labels import IGNORE_INDEX
+from .pairs import build_meta_test_pairs
 
 IMAGE_EXT = ".jpg"
 LABEL_EXT = ".png"
@@ -402,7 +403,6 @@ def check_dataset(
 
 
 def _check_pair_rule(root: Path, spec: DatasetSpec, problems: _Collector, progress: bool) -> None:
-    from .pairs import build_meta_test_pairs
 
     try:
         build_meta_test_pairs(spec, root, progress=progress)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .synthetic import _Canvas, _background, _hsv, _material, finish_image
+from .synthetic import Canvas, draw_background, hsv_colour, random_material, finish_image
 
 __all__ = ["Species", "make_species", "render_creature_scene", "creature_episode", "CreatureEpisodes"]
 
@@ -78,7 +78,7 @@ def make_species(rng: np.random.Generator) -> Species:
     return Species(parts)
 
 
-def _shape_points(part: Part, cx: float, cy: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
+def shape_points(part: Part, cx: float, cy: float, w: float, h: float, angle: float) -> list[tuple[float, float]]:
     if part.kind == "ellipse":
         t = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         local = np.stack([0.5 * np.cos(t), 0.5 * np.sin(t)], 1)
@@ -95,7 +95,7 @@ def _shape_points(part: Part, cx: float, cy: float, w: float, h: float, angle: f
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
 
 
-def _draw_individual(rng: np.random.Generator, cv: _Canvas, species: Species, cx: float, cy: float, scale: float,
+def _draw_individual(rng: np.random.Generator, cv: Canvas, species: Species, cx: float, cy: float, scale: float,
                      labels: list[int] | None) -> None:
     """Paint one individual centred near (cx, cy); part p gets ``labels[p]`` (None: unlabelled, i.e. background)."""
     mirror = -1.0 if rng.random() < 0.5 else 1.0
@@ -119,10 +119,10 @@ def _draw_individual(rng: np.random.Generator, cv: _Canvas, species: Species, cx
     for i, part in enumerate(species.parts):  # draw parents first: children hang over them
         px, py, w, h, angle = placed[i]
         hue = part.hue if part.hue is not None else (0.0, 1.0)
-        rgb = _hsv(rng, hue, (0.15, 0.95), (0.2, 0.95))
-        mat = _material(rng, rgb, max(scale / 8, 2.0), part.patterns, shade=(0.1, 0.35))
+        rgb = hsv_colour(rng, hue, (0.15, 0.95), (0.2, 0.95))
+        mat = random_material(rng, rgb, max(scale / 8, 2.0), part.patterns, shade=(0.1, 0.35))
         mask, draw = cv.draw()
-        draw.polygon(_shape_points(part, px, py, w, h, angle), fill=255)
+        draw.polygon(shape_points(part, px, py, w, h, angle), fill=255)
         label = None if labels is None else labels[i]
         cv.paint(mask, mat, label if label is not None else None, ("ellipse", px, py, w / 2, h / 2), 0.85)
         if labels is not None and label is None:  # an unlabelled part still covers what lies under it
@@ -133,8 +133,8 @@ def render_creature_scene(rng: np.random.Generator, size: int, species: Species,
                           distractor: Species | None = None) -> tuple[np.ndarray, np.ndarray]:
     """A scene with one individual of ``species`` (part p labelled ``labels[p]``) and maybe another species'
     individual (background), on generic clutter. Returns (H x W x 3 uint8 RGB, H x W uint8 labels)."""
-    cv = _Canvas(size, rng)
-    _background(rng, cv, clothing_distractors=False)
+    cv = Canvas(size, rng)
+    draw_background(rng, cv, clothing_distractors=False)
     scale = size * rng.uniform(0.7, 1.1)
     cx, cy = rng.uniform(0.3, 0.7, 2) * size
     if distractor is not None:

@@ -26,6 +26,7 @@ from .pairs import meta_train_pools, support_index_from_dataset
 from .transforms import apply_joint, resize_transform, training_transform
 from .vocab import DatasetSpec, binary_labels, human_mask, present_classes, restrict_to_classes
 from ..core.labels import BACKGROUND, check_way
+from .pseudo import paste_pseudo_class
 
 MAX_AUGMENT_TRIES = 5
 MAX_SUPPORT_TRIES = 10
@@ -202,7 +203,6 @@ class MetaTrainEpisodes(_EpisodeDataset):
             episode = self._episode(ref)
             if episode["support_classes"].any():
                 if self.pseudo_class_prob > 0 and rng.random() < self.pseudo_class_prob:
-                    from .pseudo import paste_pseudo_class
 
                     novel = self.ds.spec.novel_ids(self.fold)
                     paste_pseudo_class(episode, rng, int(novel[int(rng.integers(len(novel)))]))

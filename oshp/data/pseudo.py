@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .creatures import _shape_points, make_species
-from .synthetic import _hsv, _material, _shading
+from .creatures import shape_points, make_species
+from .synthetic import hsv_colour, random_material, shading
 
 __all__ = ["paste_pseudo_class"]
 
@@ -31,12 +31,12 @@ def _paste(image: torch.Tensor, labels: list[torch.Tensor], values: list[int], r
     pw, ph = part.width / 0.6 * size * rng.uniform(0.25, 0.45), part.height / 0.7 * size * rng.uniform(0.25, 0.45)
     cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
     mask_img = Image.new("L", (w, h), 0)
-    ImageDraw.Draw(mask_img).polygon(_shape_points(part, cx, cy, pw, ph, rng.uniform(0, np.pi)), fill=255)
+    ImageDraw.Draw(mask_img).polygon(shape_points(part, cx, cy, pw, ph, rng.uniform(0, np.pi)), fill=255)
     mask = np.asarray(mask_img) > 0
     if not mask.any():
         return image
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    tex = material.texture(xx, yy) * _shading(("ellipse", cx, cy, pw / 2, ph / 2), xx, yy, material.shade)[..., None]
+    tex = material.texture(xx, yy) * shading(("ellipse", cx, cy, pw / 2, ph / 2), xx, yy, material.shade)[..., None]
     tex = np.clip(tex + material.grain * rng.standard_normal((h, w, 1)).astype(np.float32), 0, 255) / 255.0
     m = torch.from_numpy(mask)
     out = image.clone()
@@ -52,7 +52,7 @@ def paste_pseudo_class(episode: dict, rng: np.random.Generator, class_id: int) -
     The human masks get background there (a pasted shape is not a person); ``support_classes`` gains the class.
     """
     part = make_species(rng).parts[0]
-    material = _material(rng, _hsv(rng, (0, 1), (0.2, 0.95), (0.2, 0.95)), 6.0,
+    material = random_material(rng, hsv_colour(rng, (0, 1), (0.2, 0.95), (0.2, 0.95)), 6.0,
                          {"plain": 0.4, "stripes": 0.2, "checks": 0.15, "dots": 0.15, "twill": 0.1})
     episode["support_image"] = _paste(episode["support_image"], [episode["support_label"], episode["support_human"]],
                                       [class_id, 0], rng, part, material)

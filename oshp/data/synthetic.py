@@ -40,6 +40,7 @@ from .layout import (
 )
 from ..core.errors import DatasetError
 from .vocab import ATR, flip_labels
+from .palette import label_palette
 
 GENERATOR = "oshp synth"
 VERSION = 1
@@ -60,14 +61,14 @@ _HEIGHT_UNITS = 7.1  # a person is about 7 head heights tall (slightly big-heade
 
 
 # ============================================================================ colours and materials
-def _hsv(rng: np.random.Generator, h, s, v) -> np.ndarray:
+def hsv_colour(rng: np.random.Generator, h, s, v) -> np.ndarray:
     """RGB (0..255 floats) from HSV ranges; a scalar range is (lo, hi), hue wraps around."""
     hh = rng.uniform(*h) % 1.0
     return np.array(colorsys.hsv_to_rgb(hh, rng.uniform(*s), rng.uniform(*v)), np.float32) * 255
 
 
 @dataclass
-class _Material:
+class Material:
     """A surface: base colour, an optional second colour laid out by a pattern, shading and grain."""
 
     rgb: np.ndarray
@@ -127,11 +128,11 @@ def _second_colour(rng: np.random.Generator, rgb: np.ndarray) -> np.ndarray:
         return np.full(3, 235.0 if rgb.mean() < 128 else 25.0, np.float32) + rng.normal(0, 8, 3).astype(np.float32)
     if r < 0.7:
         return np.clip(rgb * rng.choice([0.45, 1.6]), 0, 255).astype(np.float32)
-    return _hsv(rng, (0, 1), (0.3, 0.9), (0.3, 0.95))
+    return hsv_colour(rng, (0, 1), (0.3, 0.9), (0.3, 0.95))
 
 
-def _material(rng: np.random.Generator, rgb: np.ndarray, u: float, patterns: dict[str, float],
-              shade: tuple[float, float] = (0.2, 0.4), grain: tuple[float, float] = (2, 7)) -> _Material:
+def random_material(rng: np.random.Generator, rgb: np.ndarray, u: float, patterns: dict[str, float],
+              shade: tuple[float, float] = (0.2, 0.4), grain: tuple[float, float] = (2, 7)) -> Material:
     spec = _pattern(rng, patterns, u)
     if spec["pattern"] == "strands":
         spec.update(period=max(1.5, u * rng.uniform(0.05, 0.1)), angle=rng.normal(0, 0.1))  # vertical strands
@@ -139,14 +140,14 @@ def _material(rng: np.random.Generator, rgb: np.ndarray, u: float, patterns: dic
         spec.update(period=rng.uniform(1.8, 3.0), angle=math.pi / 4)
     if spec["pattern"] == "pleats":
         spec.update(period=max(3.0, u * rng.uniform(0.12, 0.3)), angle=0.0)
-    return _Material(rgb=rgb, rgb2=_second_colour(rng, rgb), shade=rng.uniform(*shade), grain=rng.uniform(*grain), **spec)
+    return Material(rgb=rgb, rgb2=_second_colour(rng, rgb), shade=rng.uniform(*shade), grain=rng.uniform(*grain), **spec)
 
 
 # Each class has its own colour family and pattern mix; skirt and dress deliberately share theirs.
 def _skin(rng, u):
     v = rng.uniform(0.35, 0.97)
-    rgb = _hsv(rng, (0.03, 0.085), (0.62 - 0.4 * v, 0.75 - 0.35 * v), (v, v))
-    return _material(rng, rgb, u, {"plain": 1}, shade=(0.15, 0.3), grain=(1, 3))
+    rgb = hsv_colour(rng, (0.03, 0.085), (0.62 - 0.4 * v, 0.75 - 0.35 * v), (v, v))
+    return random_material(rng, rgb, u, {"plain": 1}, shade=(0.15, 0.3), grain=(1, 3))
 
 
 def _hair(rng, u):
@@ -159,88 +160,88 @@ def _hair(rng, u):
         ((0.02, 0.05), (0.6, 0.85), (0.4, 0.65)),  # auburn / red
         ((0, 1), (0, 0.08), (0.55, 0.85)),  # grey
     ][kind]
-    return _material(rng, _hsv(rng, *family), u, {"strands": 0.8, "plain": 0.2}, shade=(0.25, 0.45), grain=(2, 5))
+    return random_material(rng, hsv_colour(rng, *family), u, {"strands": 0.8, "plain": 0.2}, shade=(0.25, 0.45), grain=(2, 5))
 
 
 def _upper(rng, u):
     if rng.random() < 0.35:  # white, grey, black
-        rgb = _hsv(rng, (0, 1), (0, 0.12), (0.08, 0.95))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.12), (0.08, 0.95))
     else:
-        rgb = _hsv(rng, (0, 1), (0.3, 0.9), (0.3, 0.95))
-    return _material(rng, rgb, u, {"plain": 0.5, "stripes": 0.25, "checks": 0.1, "dots": 0.15})
+        rgb = hsv_colour(rng, (0, 1), (0.3, 0.9), (0.3, 0.95))
+    return random_material(rng, rgb, u, {"plain": 0.5, "stripes": 0.25, "checks": 0.1, "dots": 0.15})
 
 
 def _skirt_dress(rng, u):
     r = rng.random()
     if r < 0.45:  # reds, pinks, purples
-        rgb = _hsv(rng, (0.78, 1.04), (0.35, 0.85), (0.35, 0.95))
+        rgb = hsv_colour(rng, (0.78, 1.04), (0.35, 0.85), (0.35, 0.95))
     elif r < 0.7:
-        rgb = _hsv(rng, (0, 1), (0.35, 0.85), (0.25, 0.9))
+        rgb = hsv_colour(rng, (0, 1), (0.35, 0.85), (0.25, 0.9))
     else:  # black, navy, white
-        rgb = _hsv(rng, (0.55, 0.7), (0, 0.5), (0.08, 0.95))
-    return _material(rng, rgb, u, {"plain": 0.4, "dots": 0.22, "stripes": 0.13, "checks": 0.1, "pleats": 0.15})
+        rgb = hsv_colour(rng, (0.55, 0.7), (0, 0.5), (0.08, 0.95))
+    return random_material(rng, rgb, u, {"plain": 0.4, "dots": 0.22, "stripes": 0.13, "checks": 0.1, "pleats": 0.15})
 
 
 def _pants(rng, u):
     r = rng.random()
     if r < 0.5:  # denim
-        return _material(rng, _hsv(rng, (0.57, 0.63), (0.35, 0.7), (0.25, 0.6)), u, {"twill": 1}, grain=(4, 8))
+        return random_material(rng, hsv_colour(rng, (0.57, 0.63), (0.35, 0.7), (0.25, 0.6)), u, {"twill": 1}, grain=(4, 8))
     if r < 0.75:
-        rgb = _hsv(rng, (0, 1), (0, 0.1), (0.08, 0.5))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.1), (0.08, 0.5))
     elif r < 0.9:  # khaki, beige
-        rgb = _hsv(rng, (0.08, 0.13), (0.22, 0.5), (0.5, 0.8))
+        rgb = hsv_colour(rng, (0.08, 0.13), (0.22, 0.5), (0.5, 0.8))
     else:
-        rgb = _hsv(rng, (0, 1), (0.4, 0.7), (0.3, 0.6))
-    return _material(rng, rgb, u, {"plain": 0.9, "checks": 0.1})
+        rgb = hsv_colour(rng, (0, 1), (0.4, 0.7), (0.3, 0.6))
+    return random_material(rng, rgb, u, {"plain": 0.9, "checks": 0.1})
 
 
 def _shoe(rng, u):
     r = rng.random()
     if r < 0.5:
-        rgb = _hsv(rng, (0, 1), (0, 0.3), (0.04, 0.2))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.3), (0.04, 0.2))
     elif r < 0.75:
-        rgb = _hsv(rng, (0, 1), (0, 0.08), (0.85, 1.0))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.08), (0.85, 1.0))
     elif r < 0.9:
-        rgb = _hsv(rng, (0.04, 0.08), (0.5, 0.8), (0.22, 0.45))
+        rgb = hsv_colour(rng, (0.04, 0.08), (0.5, 0.8), (0.22, 0.45))
     else:
-        rgb = _hsv(rng, (0, 1), (0.5, 0.9), (0.4, 0.9))
-    return _material(rng, rgb, u, {"plain": 1}, shade=(0.3, 0.5))
+        rgb = hsv_colour(rng, (0, 1), (0.5, 0.9), (0.4, 0.9))
+    return random_material(rng, rgb, u, {"plain": 1}, shade=(0.3, 0.5))
 
 
 def _hat(rng, u):
     r = rng.random()
     if r < 0.35:
-        rgb = _hsv(rng, (0, 1), (0, 0.2), (0.05, 0.35))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.2), (0.05, 0.35))
     elif r < 0.6:  # straw, beige
-        rgb = _hsv(rng, (0.09, 0.14), (0.25, 0.55), (0.6, 0.9))
+        rgb = hsv_colour(rng, (0.09, 0.14), (0.25, 0.55), (0.6, 0.9))
     else:
-        rgb = _hsv(rng, (0, 1), (0.4, 0.9), (0.35, 0.9))
-    return _material(rng, rgb, u, {"plain": 0.65, "stripes": 0.15, "checks": 0.1, "twill": 0.1}, shade=(0.3, 0.45))
+        rgb = hsv_colour(rng, (0, 1), (0.4, 0.9), (0.35, 0.9))
+    return random_material(rng, rgb, u, {"plain": 0.65, "stripes": 0.15, "checks": 0.1, "twill": 0.1}, shade=(0.3, 0.45))
 
 
 def _sunglasses(rng, u):
-    return _material(rng, _hsv(rng, (0, 1), (0.1, 0.6), (0.03, 0.18)), u, {"plain": 1}, shade=(0, 0.1), grain=(1, 3))
+    return random_material(rng, hsv_colour(rng, (0, 1), (0.1, 0.6), (0.03, 0.18)), u, {"plain": 1}, shade=(0, 0.1), grain=(1, 3))
 
 
 def _belt(rng, u):
     r = rng.random()
-    rgb = _hsv(rng, (0.04, 0.08), (0.5, 0.8), (0.15, 0.4)) if r < 0.6 else _hsv(rng, (0, 1), (0, 0.5), (0.03, 0.3))
-    return _material(rng, rgb, u, {"plain": 1}, shade=(0.1, 0.2))
+    rgb = hsv_colour(rng, (0.04, 0.08), (0.5, 0.8), (0.15, 0.4)) if r < 0.6 else hsv_colour(rng, (0, 1), (0, 0.5), (0.03, 0.3))
+    return random_material(rng, rgb, u, {"plain": 1}, shade=(0.1, 0.2))
 
 
 def _bag(rng, u):
     r = rng.random()
     if r < 0.3:
-        rgb = _hsv(rng, (0, 1), (0, 0.2), (0.04, 0.2))
+        rgb = hsv_colour(rng, (0, 1), (0, 0.2), (0.04, 0.2))
     elif r < 0.7:  # leather browns and tan
-        rgb = _hsv(rng, (0.04, 0.1), (0.45, 0.85), (0.25, 0.75))
+        rgb = hsv_colour(rng, (0.04, 0.1), (0.45, 0.85), (0.25, 0.75))
     else:
-        rgb = _hsv(rng, (0, 1), (0.5, 0.9), (0.35, 0.85))
-    return _material(rng, rgb, u, {"plain": 0.85, "checks": 0.15}, shade=(0.3, 0.5))
+        rgb = hsv_colour(rng, (0, 1), (0.5, 0.9), (0.35, 0.85))
+    return random_material(rng, rgb, u, {"plain": 0.85, "checks": 0.15}, shade=(0.3, 0.5))
 
 
 def _scarf(rng, u):
-    return _material(rng, _hsv(rng, (0, 1), (0.2, 0.9), (0.25, 0.95)), u, {"stripes": 0.4, "checks": 0.3, "plain": 0.3})
+    return random_material(rng, hsv_colour(rng, (0, 1), (0.2, 0.9), (0.25, 0.95)), u, {"stripes": 0.4, "checks": 0.3, "plain": 0.3})
 
 
 _CLOTHING_FAMILIES = (_upper, _skirt_dress, _pants, _hat, _bag, _scarf, _skin, _hair, _shoe)
@@ -253,7 +254,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return xx, yy
 
 
-class _Canvas:
+class Canvas:
     """Image and label map painted part by part; later parts occlude earlier ones."""
 
     def __init__(self, size: int, rng: np.random.Generator):
@@ -267,7 +268,7 @@ class _Canvas:
         mask = Image.new("L", (self.size, self.size), 0)
         return mask, ImageDraw.Draw(mask)
 
-    def paint(self, mask: Image.Image, material: _Material, cls: int | None, shade=None, outline: float = 0.8) -> None:
+    def paint(self, mask: Image.Image, material: Material, cls: int | None, shade=None, outline: float = 0.8) -> None:
         """Fill ``mask`` with the material and (unless ``cls`` is None, a detail) the class id.
 
         ``shade`` rounds the part: ('axis', p0, p1, r) for limbs, ('ellipse', cx, cy, rx, ry) for
@@ -281,7 +282,7 @@ class _Canvas:
         m = m[y0:y1, x0:x1]
         xx, yy = self.xx[y0:y1, x0:x1], self.yy[y0:y1, x0:x1]
         tex = material.texture(xx, yy)
-        factor = _shading(shade, xx, yy, material.shade)
+        factor = shading(shade, xx, yy, material.shade)
         if outline < 1:  # darken the rim so neighbouring parts of similar colour stay separable
             inner = m.copy()
             inner[1:] &= m[:-1]
@@ -295,7 +296,7 @@ class _Canvas:
             self.label[y0:y1, x0:x1][m] = cls
 
 
-def _shading(shade, xx: np.ndarray, yy: np.ndarray, strength: float) -> np.ndarray:
+def shading(shade, xx: np.ndarray, yy: np.ndarray, strength: float) -> np.ndarray:
     if shade is None:
         return np.ones(xx.shape, np.float32)
     kind = shade[0]
@@ -345,7 +346,7 @@ class _Person:
     heights) to image pixels; since the person faces the viewer, the person's left is the image's right.
     """
 
-    def __init__(self, rng: np.random.Generator, canvas: _Canvas, cx: float, top: float, height: float):
+    def __init__(self, rng: np.random.Generator, canvas: Canvas, cx: float, top: float, height: float):
         self.rng, self.cv = rng, canvas
         self.u = height / _HEIGHT_UNITS
         self.cx, self.top = cx, top
@@ -555,7 +556,7 @@ class _Person:
     def _belt(self) -> None:
         w = self.ww + 0.04
         self._poly([(-w, 2.86), (w, 2.86), (w, 3.05), (-w, 3.05)], self.mat["belt"], BELT, None, outline=0.7)
-        buckle = _Material(rgb=np.array([200, 180, 110], np.float32), rgb2=np.zeros(3, np.float32), shade=0.3, grain=3)
+        buckle = Material(rgb=np.array([200, 180, 110], np.float32), rgb2=np.zeros(3, np.float32), shade=0.3, grain=3)
         self._poly([(-0.1, 2.84), (0.1, 2.84), (0.1, 3.07), (-0.1, 3.07)], buckle, BELT, None, outline=0.6)
 
     def _bag(self) -> None:
@@ -635,8 +636,8 @@ class _Person:
                         (rx - 0.06, 0.45), (0.15, fringe), (-0.05, fringe + 0.03), (-rx + 0.06, 0.45)],
                        hair, HAIR, ("ellipse", c[0], c[1], self.R(rx + 0.07), self.R(ry)), 0.9)
         if u >= 8:  # facial features (image only): eyes, brows, mouth
-            dark = _Material(rgb=np.array([35, 25, 25], np.float32), rgb2=np.zeros(3, np.float32), shade=0, grain=2)
-            lips = _Material(rgb=np.clip(skin.rgb * [0.85, 0.55, 0.55], 0, 255).astype(np.float32),
+            dark = Material(rgb=np.array([35, 25, 25], np.float32), rgb2=np.zeros(3, np.float32), shade=0, grain=2)
+            lips = Material(rgb=np.clip(skin.rgb * [0.85, 0.55, 0.55], 0, 255).astype(np.float32),
                              rgb2=np.zeros(3, np.float32), shade=0, grain=2)
             mask, d = self.cv.draw()
             for s in (+1, -1):
@@ -676,22 +677,22 @@ class _Person:
 
 
 # ============================================================================ background
-def _background(rng: np.random.Generator, cv: _Canvas, clothing_distractors: bool = True) -> None:
+def draw_background(rng: np.random.Generator, cv: Canvas, clothing_distractors: bool = True) -> None:
     """A room or street-like scene: base colour, optional floor, clutter, clothing-coloured distractors.
 
     ``clothing_distractors=False`` keeps every clutter shape generic (the pretraining images hold nothing human).
     """
     size = cv.size
     u = size / 10
-    base = _hsv(rng, (0, 1), (0, 0.35), (0.3, 0.92))
-    wall = _Material(rgb=base, rgb2=_second_colour(rng, base), shade=0, grain=rng.uniform(2, 6),
+    base = hsv_colour(rng, (0, 1), (0, 0.35), (0.3, 0.92))
+    wall = Material(rgb=base, rgb2=_second_colour(rng, base), shade=0, grain=rng.uniform(2, 6),
                      **_pattern(rng, {"plain": 0.7, "stripes": 0.15, "twill": 0.15}, u * 2))
     if wall.pattern == "twill":
         wall.period = rng.uniform(2, 4)
     cv.image[:] = wall.texture(cv.xx, cv.yy) * (1 - 0.25 * cv.yy / size)[..., None]
     if rng.random() < 0.6:
         horizon = rng.uniform(0.55, 0.85) * size
-        floor = _Material(rgb=_hsv(rng, (0, 1), (0, 0.4), (0.2, 0.8)), rgb2=_hsv(rng, (0, 1), (0, 0.4), (0.2, 0.8)),
+        floor = Material(rgb=hsv_colour(rng, (0, 1), (0, 0.4), (0.2, 0.8)), rgb2=hsv_colour(rng, (0, 1), (0, 0.4), (0.2, 0.8)),
                           shade=0, grain=3, **_pattern(rng, {"plain": 0.6, "checks": 0.4}, u * 2))
         mask, d = cv.draw()
         d.rectangle([0, horizon, size, size], fill=255)
@@ -702,12 +703,12 @@ def _background(rng: np.random.Generator, cv: _Canvas, clothing_distractors: boo
             mat = _CLOTHING_FAMILIES[rng.integers(len(_CLOTHING_FAMILIES))](rng, u)
         else:
             rgb = np.clip(base + rng.normal(0, 45, 3), 0, 255).astype(np.float32) if rng.random() < 0.6 else \
-                _hsv(rng, (0, 1), (0, 0.6), (0.1, 0.95))
-            mat = _material(rng, rgb, u, {"plain": 0.6, "stripes": 0.2, "checks": 0.1, "dots": 0.1}, shade=(0, 0.2))
+                hsv_colour(rng, (0, 1), (0, 0.6), (0.1, 0.95))
+            mat = random_material(rng, rgb, u, {"plain": 0.6, "stripes": 0.2, "checks": 0.1, "dots": 0.1}, shade=(0, 0.2))
         _random_shape(rng, cv, mat, size)
 
 
-def _random_shape(rng: np.random.Generator, cv: _Canvas, mat: _Material, size: int) -> None:
+def _random_shape(rng: np.random.Generator, cv: Canvas, mat: Material, size: int) -> None:
     mask, d = cv.draw()
     x, y = rng.uniform(-0.1, 1.0, 2) * size
     w, h = rng.uniform(0.05, 0.45, 2) * size
@@ -725,10 +726,10 @@ def _random_shape(rng: np.random.Generator, cv: _Canvas, mat: _Material, size: i
     cv.paint(mask, mat, None, ("x", x + w / 2, w / 2 + 1), 0.85)
 
 
-def _occluder(rng: np.random.Generator, cv: _Canvas) -> None:
+def _occluder(rng: np.random.Generator, cv: Canvas) -> None:
     """Something in front of the people (a table, a railing, a pole): labelled background."""
     size = cv.size
-    mat = _material(rng, _hsv(rng, (0, 1), (0, 0.6), (0.15, 0.9)), size / 10, {"plain": 0.7, "twill": 0.3}, shade=(0.1, 0.3))
+    mat = random_material(rng, hsv_colour(rng, (0, 1), (0, 0.6), (0.15, 0.9)), size / 10, {"plain": 0.7, "twill": 0.3}, shade=(0.1, 0.3))
     mask, d = cv.draw()
     if rng.random() < 0.5:
         y = rng.uniform(0.7, 0.92) * size
@@ -744,8 +745,8 @@ def render_person_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray
     """One synthetic image (HxWx3 uint8 RGB) with one to three people and its raw ATR label map (HxW uint8)."""
     if size < MIN_SIZE:
         raise ValueError(f"image size must be at least {MIN_SIZE} px, not {size}")
-    cv = _Canvas(size, rng)
-    _background(rng, cv)
+    cv = Canvas(size, rng)
+    draw_background(rng, cv)
     r = rng.random()
     n = 1 + (r < 0.2) + (r < 0.05)  # mostly one person, as in ATR: 80% one, 15% two, 5% three
     people = []
@@ -774,7 +775,7 @@ def render_person_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray
     return finish_image(rng, cv), cv.label
 
 
-def finish_image(rng: np.random.Generator, cv: _Canvas) -> np.ndarray:
+def finish_image(rng: np.random.Generator, cv: Canvas) -> np.ndarray:
     """The painted canvas as a photo-like uint8 RGB image: slight blur, low-frequency lighting, sensor noise."""
     size = cv.size
     img = Image.fromarray(np.clip(cv.image, 0, 255).astype(np.uint8))
@@ -836,7 +837,6 @@ def generate_synthetic(out: str | Path, train: int = 3000, test: int = 2000, siz
         raise ValueError(f"need at least one train and one test image, not train={train}, test={test}")
     out = Path(out).expanduser()
     _prepare_output(out)
-    from ..report.plotting import label_palette
 
     palette = label_palette(ATR)
     counts = {"train": train, "test": test}

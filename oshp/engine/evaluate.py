@@ -27,6 +27,7 @@ from ..core.env import device_name, versions
 from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
 from .run import load_run_model, metrics_name
+from ..models.prototypes import PrototypeMemory
 
 
 def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:
@@ -66,7 +67,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
                         support_human=batch["support_human"])
         logits = out["pred"].float()
         if suppress_novel:
-            logits = _suppress_novel(logits, novel, int(batch["class_id"][0]) if way == "1" else None)
+            logits = suppress_novel_logits(logits, novel, int(batch["class_id"][0]) if way == "1" else None)
         pred = logits.argmax(1)
         target = batch["query_label"]
         if meter is not None:
@@ -86,7 +87,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
     return metrics
 
 
-def _suppress_novel(logits: torch.Tensor, novel: list[int], class_id: int | None) -> torch.Tensor:
+def suppress_novel_logits(logits: torch.Tensor, novel: list[int], class_id: int | None) -> torch.Tensor:
     """Logits with novel classes never winning (k-way: their channels; 1-way: the foreground of a novel episode)."""
     logits = logits.clone()
     low = torch.finfo(logits.dtype).min
@@ -124,7 +125,6 @@ def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int
     (``label_novel``) does. Forgetting them scores an oracle's novel classes by the rule a one-shot run's novel classes
     get, so that the two differ only in what they were trained on.
     """
-    from ..models.prototypes import PrototypeMemory
 
     memories = [m for m in model.modules() if isinstance(m, PrototypeMemory) and m.num_slots == num_classes]
     if not memories:

@@ -20,7 +20,7 @@ from ..data.vocab import DatasetSpec, get_dataset, human_mask, merge_labels, pre
 from ..core.labels import BACKGROUND
 from .evaluate import one_way_to_class
 from .run import load_run_model
-from ..report.plotting import label_palette, overlay_with_legend
+from ..data.palette import label_palette, overlay_with_legend
 
 
 def support_classes_from_names(spec: DatasetSpec, names: str | list[str] | None) -> tuple[int, ...] | None:

@@ -33,10 +33,10 @@ from ..core.io import atomic_write_json
 from ..core.schedule import poly_lr
 from ..core.io import sha256
 from ..models.weights import BACKBONE_FILE, BACKBONE_FORMAT
+from ..models.eopnet import EOPNet, EOPNetConfig
 
 
 def _model(cfg: PretrainConfig) -> torch.nn.Module:
-    from ..models.eopnet import EOPNet, EOPNetConfig
 
     return EOPNet(EOPNetConfig(num_classes=cfg.num_classes, way="k", backbone=cfg.backbone, embed_dim=cfg.embed_dim,
                                use_agm=False, use_npm=True, weight_shifting=False, multi_task=False, contrastive=True,

@@ -34,6 +34,8 @@ from ..core.io import atomic_write_json
 from ..core.schedule import poly_lr
 from ..core.env import batch_to_device
 from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOG, SUMMARY, atomic_save, load_checkpoint, load_model_state, model_from_config, run_files
+from ..data.pairs import default_test_pairs, first_pairs_per_class
+from .evaluate import evaluate_episodes
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -90,7 +92,6 @@ class Trainer:
     def _validation_episodes(self) -> MetaTestEpisodes | None:
         if self.cfg.val_pairs_per_class <= 0:
             return None
-        from ..data.pairs import default_test_pairs, first_pairs_per_class
 
         chosen = first_pairs_per_class(default_test_pairs(self.ds), self.cfg.val_pairs_per_class)
         return MetaTestEpisodes(self.ds, chosen, way=self.cfg.way, size=self.cfg.image_size)
@@ -226,7 +227,6 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        from .evaluate import evaluate_episodes
 
         metrics = evaluate_episodes(_unwrap(self.model), self.val_episodes, self.spec, self.cfg.fold, self.cfg.way,
                                     self.device, progress=False, fast=self.fast)

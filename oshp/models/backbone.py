@@ -94,7 +94,7 @@ def load_checkpoint_file(path: str | os.PathLike, expected_backbone: str | None 
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in sd.items()}
 
 
-def _accepts_output_stride(name: str, output_stride: int) -> bool:
+def accepts_output_stride(name: str, output_stride: int) -> bool:
     """Probe on the meta device (no memory, no weights) whether ``name`` takes ``output_stride``."""
     try:
         with torch.device("meta"):
@@ -118,7 +118,7 @@ def create_body(name: str, *, pretrained: bool = False, output_stride: int | Non
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
     used_stride = None
-    if output_stride and _accepts_output_stride(name, output_stride):
+    if output_stride and accepts_output_stride(name, output_stride):
         kwargs["output_stride"] = output_stride
         used_stride = output_stride
     if not pretrained:

@@ -44,6 +44,7 @@ from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import cosine_similarity_maps, downsample_mask, masked_average_pooling
+from .backbone import accepts_output_stride
 
 __all__ = ["PANetConfig", "PANet", "PANetEncoder", "PANetSupport", "dilate_to_stride", "prototype_logits",
            "alignment_loss", "build"]
@@ -178,9 +179,8 @@ class PANetEncoder(nn.Module):
 
 
 def _timm_dilates(name: str, output_stride: int) -> bool:
-    from oshp.models.backbone import _accepts_output_stride
 
-    return _accepts_output_stride(name, output_stride)
+    return accepts_output_stride(name, output_stride)
 
 
 # ---------------------------------------------------------------------------------------------------- metric

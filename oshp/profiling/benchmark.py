@@ -51,6 +51,11 @@ from .complexity import count_parameters
 from ..models.registry import METHODS, build_model, get_method
 from ..engine.config import PROFILES, TrainConfig, make_config
 from ..core.env import device_name, resolve_device, versions
+from ..data.episodes import MetaTestEpisodes, collate_episodes
+from ..data.layout import ReleaseLayoutDataset
+from ..data.pairs import balanced_subset, default_test_pairs
+from ..engine.run import load_run_model
+from ..core.io import atomic_write_json
 
 __all__ = [
     "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "synthetic_batch", "measure_peak_flops",
@@ -484,10 +489,6 @@ def check_run_episodes(run: str | Path, count: int, device: torch.device | str
     ``run``: a run folder or its checkpoint file. The episodes are read at native resolution from the run's data
     root, as ``oshp evaluate`` reads them; they feed :func:`fast_path_check`.
     """
-    from ..data.episodes import MetaTestEpisodes, collate_episodes
-    from ..data.layout import ReleaseLayoutDataset
-    from ..data.pairs import balanced_subset, default_test_pairs
-    from ..engine.run import load_run_model
 
     path = Path(run)
     cfg, model, dev, _ = load_run_model(None if path.is_file() else path, checkpoint=path if path.is_file() else None,
@@ -777,7 +778,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def write_benchmark(result: dict[str, Any], out: str | Path) -> Path:
     """Write the result as JSON (atomically; NaN/inf become null so that any JSON reader takes it)."""
-    from ..core.io import atomic_write_json
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

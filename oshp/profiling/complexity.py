@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from ..models.registry import build_model, get_method
 
 __all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity"]
 
@@ -106,7 +107,6 @@ def complexity(
     component), ``image_size``, ``ways``, ``method``, ``backbone``, ``counter`` (how MACs were counted), ``seconds``,
     and ``paper`` (the Table 5 row, when the paper gives one, else None).
     """
-    from oshp.models.registry import build_model, get_method
 
     m = get_method(method)
     backbone = backbone or m.paper_backbone

@@ -10,83 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..data.layout import ReleaseLayoutDataset
+from ..data.palette import colorize, label_palette, overlay
 from ..data.vocab import DatasetSpec, merge_labels
 from ..core.labels import BACKGROUND, IGNORE_INDEX
-
-_TAB20 = colormaps["tab20"].colors  # even: the tab10 colours, odd: their light variants
-_NAME_COLOURS = {
-    "hat": _TAB20[8], "hair": _TAB20[10], "upper-clothes": _TAB20[0], "skirt": _TAB20[12], "pants": _TAB20[18],
-    "dress": _TAB20[6], "shoe": _TAB20[14], "face": _TAB20[2], "leg": _TAB20[16], "arm": _TAB20[4],
-    "bag": colormaps["Set1"].colors[5],  # yellow
-    "sunglasses": _TAB20[9], "belt": _TAB20[11], "scarf": _TAB20[19], "glove": _TAB20[5], "coat": _TAB20[1],
-    "socks": _TAB20[15], "torso-skin": _TAB20[3], "jumpsuits": _TAB20[7],
-}
-_SPARE = colormaps["Set3"].colors  # for names outside the table above
-
-
-def _base_name(name: str) -> str:
-    """'left-shoe' -> 'shoe': twins share one colour."""
-    return name.removeprefix("left-").removeprefix("right-")
-
-
-def label_palette(spec: DatasetSpec) -> np.ndarray:
-    """256x3 uint8 colours by raw id: background black, 255 (ignore) white, unused ids black."""
-    palette = np.zeros((256, 3), np.uint8)
-    spare = 0
-    for rid, name in enumerate(spec.raw_names):
-        if rid == BACKGROUND:
-            continue
-        colour = _NAME_COLOURS.get(_base_name(name))
-        if colour is None:
-            colour, spare = _SPARE[spare % len(_SPARE)], spare + 1
-        palette[rid] = np.round(np.array(to_rgb(colour)) * 255)
-    palette[IGNORE_INDEX] = 255
-    return palette
-
-
-def colorize(label: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    """HxW label ids -> HxWx3 uint8 colours."""
-    return label_palette(spec)[np.asarray(label, np.uint8)]
-
-
-def overlay(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, alpha: float = 0.55) -> np.ndarray:
-    """The image with labelled (non-background) pixels tinted by their class colour."""
-    colours = colorize(label, spec).astype(np.float32)
-    out = image.astype(np.float32)
-    tint = (np.asarray(label) != BACKGROUND)[..., None]
-    out = np.where(tint, (1 - alpha) * out + alpha * colours, out)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
-
-
-def overlay_with_legend(image: np.ndarray, label: np.ndarray, spec: DatasetSpec, alpha: float = 0.55) -> np.ndarray:
-    """:func:`overlay` with a legend panel on its right: a colour swatch and the name of every class in ``label``,
-    so that a parse read on its own says which colour is which class."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    tinted = overlay(image, label, spec, alpha)
-    shown = [c for c in np.unique(np.asarray(label)) if c not in (BACKGROUND, IGNORE_INDEX)]
-    font = ImageFont.load_default()
-    row, pad, swatch = 16, 6, 12
-    names = ["background (no tint)"] + [spec.class_name(int(c)) for c in shown]
-    width = pad * 3 + swatch + max(int(font.getlength(n)) for n in names)
-    height = max(tinted.shape[0], pad * 2 + row * len(names))
-    canvas = Image.new("RGB", (tinted.shape[1] + width, height), "white")
-    canvas.paste(Image.fromarray(tinted), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    palette = label_palette(spec)
-    for i, (cid, name) in enumerate(zip([BACKGROUND, *shown], names)):
-        x, y = tinted.shape[1] + pad, pad + i * row
-        colour = (255, 255, 255) if cid == BACKGROUND else tuple(int(v) for v in palette[int(cid)])
-        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
-        draw.text((x + swatch + pad, y), name, fill=(0, 0, 0), font=font)
-    return np.asarray(canvas)
 
 
 def legend_handles(spec: DatasetSpec, class_ids, merged: bool = True) -> list[Patch]:

@@ -1,8 +1,8 @@
 """Parses for the qualitative figures (paper Figs. 4-6): trained runs applied to chosen meta-test pairs.
 
 The pairs come from the dataset's meta-test pairs (``oshp pairs``), so every figure shows episodes that the
-tables also score; :func:`predict_rows` returns the rows that :func:`oshp.plotting.parses_figure` and
-:func:`oshp.plotting.comparison_figure` draw.
+tables also score; :func:`predict_rows` returns the rows that :func:`oshp.report.plotting.parses_figure` and
+:func:`oshp.report.plotting.comparison_figure` draw.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..core.errors import DatasetError
 from ..data.episodes import MetaTestEpisodes
 from ..data.layout import ReleaseLayoutDataset
-from ..core.errors import DatasetError
 from ..data.pairs import default_test_pairs
-from ..engine.run import config_from_run
+from ..data.vocab import merge_labels, present_classes, restrict_to_classes
+from ..engine.parse import output_labels, parse_arrays, prepare_support, support_classes_from_names
+from ..engine.run import config_from_run, load_run_model
+from .plotting import plot_parses
 
 __all__ = ["pairs_of_class", "same_query_pairs", "predict_rows", "compare_methods", "images_with_classes",
            "parse_chosen"]
@@ -62,8 +65,6 @@ def predict_rows(run: str | Path, ds: ReleaseLayoutDataset, pairs: Sequence[dict
     """Run a trained run's model on ``pairs`` (native resolution, its own way) and return figure rows:
     ``support``, ``support_mask``, ``query``, ``pred``, ``target`` and ``caption`` (``{class}`` -> class name,
     ``{novel}`` -> "novel"/"base")."""
-    from ..engine.run import load_run_model
-    from ..engine.parse import output_labels
 
     cfg, model, dev, _ = load_run_model(run, device=device)
     episodes = MetaTestEpisodes(ds, list(pairs), way=cfg.way)
@@ -97,7 +98,6 @@ def compare_methods(runs: dict[str, str | Path], ds: ReleaseLayoutDataset, pairs
 def images_with_classes(ds: ReleaseLayoutDataset, class_ids: Sequence[int], split: str = "test", count: int = 2,
                         skip: int = 0) -> list[str]:
     """The first ``count`` images of ``split`` (after ``skip``) whose OSHP labels show every class of ``class_ids``."""
-    from ..data.vocab import merge_labels, present_classes
 
     wanted, found = set(int(c) for c in class_ids), []
     for image_id in ds.ids(split):
@@ -119,9 +119,6 @@ def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, suppo
     """Parse test image ``query_id`` into the classes ``class_names`` shown by test image ``support_id``'s mask
     (the classes a user picks, as `oshp parse --classes` does); a figure row whose ground truth keeps only those
     classes (everything else is background for this episode)."""
-    from ..data.vocab import merge_labels, restrict_to_classes
-    from ..engine.run import load_run_model
-    from ..engine.parse import parse_arrays, prepare_support, support_classes_from_names
 
     cfg, model, dev, _ = load_run_model(run, device=device)
     classes = support_classes_from_names(ds.spec, list(class_names))
@@ -136,8 +133,6 @@ def parse_chosen(run: str | Path, ds: ReleaseLayoutDataset, query_id: str, suppo
 
 def novel_parse_figure(run: str | Path, ds: ReleaseLayoutDataset, out: str | Path, pair_index: int = 0) -> Path:
     """One parse per novel class of the run's fold, from meta-test pair ``pair_index`` of that class (PNG ``out``)."""
-    from .plotting import plot_parses
-    from .qualitative import pairs_of_class, predict_rows
 
     cfg = config_from_run(run)
     pairs = default_test_pairs(ds)
