@@ -392,3 +392,12 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
             v = metrics[key]
             lines.append(f"| {label} | {'n/a' if v is None else f'{float(v):.1f}'} |")
     return "\n".join(lines)
+
+
+def mean_iou(pred: Any, target: Any) -> float:
+    """Mean IoU (percent) of one prediction over the classes it or the target shows (ignored pixels skipped): the
+    quick agreement score of a check, not the paper's pooled protocol (:func:`kway_metrics`)."""
+    p, t = _as_int_array(pred, "pred"), _as_int_array(target, "target")
+    num = int(max(p.max(initial=0), t[t != IGNORE_INDEX].max(initial=0))) + 1
+    iou = iou_per_class(ConfusionMatrix(num).update(p, t))
+    return float(np.nanmean(iou) * 100) if np.isfinite(iou).any() else float("nan")

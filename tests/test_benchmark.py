@@ -20,9 +20,9 @@ from oshp.profiling.benchmark import (
     flop_counter,
     inference_flops,
     run_benchmark,
-    synthetic_batch,
     train_step_flops,
 )
+from oshp.models.dummy import band_episode
 from oshp.cli import main
 from oshp.models.registry import METHODS
 from oshp.models.eopnet import EOPNet, EOPNetConfig, SupportCache
@@ -89,7 +89,7 @@ def test_training_measurement_can_be_skipped():
 
 def test_training_step_counts_more_flops_than_inference():
     model = model_from_config(make_config("smoke"), 18)
-    batch = synthetic_batch(2, 64, 5)
+    batch = band_episode(2, 64, 5)
     inference = inference_flops(model, batch)
     cached = inference_flops(model, batch, cached=True)
     step = train_step_flops(model, batch)
@@ -122,7 +122,7 @@ def smoke_run(tiny_synthetic, tmp_path_factory, single_thread):
 
 def test_fast_path_check_on_random_weights_is_uninformative():
     model = tiny()
-    episodes = [synthetic_batch(1, 64, 3, seed=s) for s in range(2)]
+    episodes = [band_episode(1, 64, 3, seed=s) for s in range(2)]
     trivial = fast_path_check(model, episodes, "cpu", amp=False, channels_last=False)
     assert trivial["applies"] is False and trivial["passed"] is True
     # random weights: every cosine is close to 1, so nearly every pixel is a tie and the check cannot judge
@@ -177,7 +177,7 @@ def test_cached_support_equals_plain_forward(name):
     cfg = CONFIGS[name]
     torch.manual_seed(0)
     model = EOPNet(cfg)
-    batch = synthetic_batch(2, 64, 3, seed=1)
+    batch = band_episode(2, 64, 3, seed=1)
     support, support_label, human = batch["support_image"], batch["support_label"], batch["support_human"]
     support_label[1][support_label[1] == support_label[1].max()] = 0  # the two supports hold different classes
     model.train()  # initialise, then update the prototype memory: eval uses dynamic prototypes for these classes
@@ -207,7 +207,7 @@ def test_cached_support_equals_plain_forward(name):
 
 def test_cached_support_errors():
     model = tiny()
-    batch = synthetic_batch(2, 64, 2)
+    batch = band_episode(2, 64, 2)
     cache = model.encode_support(batch["support_image"], batch["support_label"])
     with pytest.raises(ValueError, match="holds 2 supports but the query batch is 3"):
         model.forward_with_support(torch.rand(3, 3, 64, 64), cache)

@@ -257,3 +257,13 @@ def test_format_metrics_table():
     assert "Binary-IoU" not in table
     empty = format_metrics_table(oneway_metrics(OneWayMeter(ATR), 1))
     assert "| Binary-IoU | n/a |" in empty
+
+
+def test_mean_iou_of_one_prediction():
+    from oshp.metrics import mean_iou
+
+    target = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 1, 1, 1], [0, 0, 1, 1]])
+    # background: 3 / 4; class 1: 3 / 4 (the ignored pixel counts for neither)
+    assert mean_iou(pred, target) == pytest.approx(75.0)
+    assert mean_iou(np.zeros((2, 2), int), np.full((2, 2), 255)) != mean_iou(np.zeros((2, 2), int), np.zeros((2, 2), int))

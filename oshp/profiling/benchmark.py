@@ -56,9 +56,11 @@ from ..data.layout import ReleaseLayoutDataset
 from ..data.pairs import balanced_subset, default_test_pairs
 from ..engine.run import load_run_model
 from ..core.io import atomic_write_json
+from ..metrics import mean_iou
+from ..models.dummy import ATR, band_episode
 
 __all__ = [
-    "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "synthetic_batch", "measure_peak_flops",
+    "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "measure_peak_flops",
     "flop_counter", "inference_flops", "train_step_flops", "fast_path_check", "check_run_episodes", "run_benchmark",
     "format_table", "write_benchmark",
 ]
@@ -72,8 +74,6 @@ logits of order 10 by a few hundredths, so closer calls are coin tosses under an
 pixels decided (random weights: EOP-Net's cosines all lie near 1) the check is uninformative and ``passed`` is None."""
 
 # ATR ids used for the k synthetic classes (the same as oshp.complexity's Table 5 setting)
-_ATR_FOREGROUND = (2, 4, 11, 14, 12, 9, 6, 1, 16, 5, 7)
-_NUM_CLASSES = 18  # ATR raw ids: the paper's Table 5 setting
 
 
 @dataclass
@@ -132,42 +132,6 @@ class BenchmarkSettings:
             raise ValueError(f"warmup must be 0 or more, got {self.warmup}")
         if self.image_size is not None and self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 px, got {self.image_size}")
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-def synthetic_batch(batch_size: int, image_size: int, ways: int, num_classes: int = _NUM_CLASSES, way: str = "k",
-                    seed: int = 0, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Episodes with ``ways`` classes in vertical bands, each class in its own colour (plus noise) in both images.
-
-    Speed does not depend on the content; the colours only keep the images from being pure noise. Keys follow the
-    data layer's batches: ``query_image``, ``support_image`` (B x 3 x S x S in [0, 1]), ``support_label``,
-    ``query_label`` (B x S x S raw ids; the query's bands are shifted so that they overlap the support's only in
-    part), ``support_human``, ``query_human`` (0/1).
-    """
-    k = 1 if way == "1" else ways
-    ids = [c for c in _ATR_FOREGROUND if c < num_classes][:k]
-    if len(ids) < k:
-        ids = list(range(1, min(num_classes, k + 1)))
-    g = torch.Generator().manual_seed(seed)
-    s = image_size
-    query = torch.rand(batch_size, 3, s, s, generator=g)
-    support = torch.rand(batch_size, 3, s, s, generator=g)
-    support_label = torch.zeros(batch_size, s, s, dtype=torch.long)
-    query_label = torch.zeros(batch_size, s, s, dtype=torch.long)
-    band = max(1, s // (len(ids) + 1))
-    shift = band // 3
-    for i, c in enumerate(ids):
-        lo, hi = (i + 1) * band - band // 2, (i + 1) * band + band // 2
-        support_label[:, s // 8: s - s // 8, lo:hi] = c
-        query_label[:, s // 6: s - s // 10, min(s - 1, lo + shift): min(s, hi + shift)] = c
-    palette = torch.rand(num_classes, 3, generator=g)
-    palette[0] = 0.5  # background grey
-    query = 0.5 * query + 0.5 * palette[query_label].permute(0, 3, 1, 2)
-    support = 0.5 * support + 0.5 * palette[support_label].permute(0, 3, 1, 2)
-    batch = {"query_image": query, "support_image": support, "support_label": support_label,
-             "query_label": query_label, "support_human": (support_label > 0).long(),
-             "query_human": (query_label > 0).long()}
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _fast_inputs(batch: dict[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:
@@ -403,21 +367,6 @@ def _best(records: list[dict]) -> dict | None:
     return max(ok, key=lambda r: r["pairs_per_s"]) if ok else None
 
 
-# ----------------------------------------------------------------------------------------------- fast path check
-def _miou(pred: torch.Tensor, target: torch.Tensor) -> float:
-    """Mean IoU in percent over the ids present in the target or the prediction (255 ignored)."""
-    keep = target != 255
-    p, t = pred[keep].long().cpu(), target[keep].long().cpu()
-    if not t.numel():
-        return float("nan")
-    n = int(max(int(p.max()), int(t.max()))) + 1
-    conf = torch.bincount(t * n + p, minlength=n * n).view(n, n).double()
-    inter = conf.diag()
-    union = conf.sum(0) + conf.sum(1) - inter
-    seen = union > 0
-    return float((inter[seen] / union[seen]).mean() * 100)
-
-
 @torch.no_grad()
 def fast_path_check(model: torch.nn.Module, episodes: list[dict[str, torch.Tensor]], device: torch.device | str, *,
                     amp: bool, channels_last: bool, compile: bool = False,
@@ -462,7 +411,7 @@ def fast_path_check(model: torch.nn.Module, episodes: list[dict[str, torch.Tenso
     decided = (top2[:, 0] - top2[:, 1]) > tol["tie_margin"]
     same = ref_pred == fast_pred
     targets = torch.cat([ep["query_label"].flatten() for ep in episodes]).to(ref_pred.device)
-    miou_ref, miou_fast = _miou(ref_pred, targets), _miou(fast_pred, targets)
+    miou_ref, miou_fast = mean_iou(ref_pred, targets), mean_iou(fast_pred, targets)
     miou_diff = abs(miou_fast - miou_ref) if math.isfinite(miou_ref) and math.isfinite(miou_fast) else 0.0
     decided_fraction = float(decided.float().mean())
     decided_agreement = float(same[decided].float().mean()) if bool(decided.any()) else float("nan")
@@ -514,14 +463,14 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
                   fast: bool, peak: dict, log: Callable[[str], None], check: tuple | None = None) -> dict[str, Any]:
     m = get_method(name)
     log(f"{m.display}: building the {cfg.profile} model ({cfg.backbone}, {image_size} px, k = {s.ways})")
-    model = _build(name, cfg, _NUM_CLASSES, s.seed).to(device).eval()
+    model = _build(name, cfg, ATR.num_raw_classes, s.seed).to(device).eval()
     if fast:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if s.compile else model
     result: dict[str, Any] = {"method": name, "display": m.display, "params_m": count_parameters(model)}
 
     def batch_of(b: int, seed: int = 0) -> dict[str, torch.Tensor]:
-        return _fast_inputs(synthetic_batch(b, image_size, s.ways, _NUM_CLASSES, cfg.way, seed, device), fast)
+        return _fast_inputs(band_episode(b, image_size, s.ways, ATR.num_raw_classes, cfg.way, seed, device), fast)
 
     # --- inference, plain: query and support through the model every time
     def plain(b: int) -> tuple[Callable[[], Any], Callable[[], Any]]:
@@ -575,7 +524,7 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
                                      **fast_path_check(run_model, episodes, device, amp=fast, channels_last=fast,
                                                        compile=s.compile and fast)}
     else:
-        episodes = [synthetic_batch(1, image_size, s.ways, _NUM_CLASSES, cfg.way, 100 + i, device)
+        episodes = [band_episode(1, image_size, s.ways, ATR.num_raw_classes, cfg.way, 100 + i, device)
                     for i in range(s.fast_check_episodes)]
         result["fast_path_check"] = {"source": "the benchmark's model (random weights), synthetic episodes",
                                      **fast_path_check(model, episodes, device, amp=fast, channels_last=fast,
@@ -627,7 +576,7 @@ def _bench_train(name: str, cfg: TrainConfig, s: BenchmarkSettings, train_batch:
                  batch_of: Callable[[int], dict[str, torch.Tensor]], device: torch.device,
                  fast: bool) -> tuple[dict[str, Any], float]:
     """Training pairs/s of a fresh model with the profile's optimiser, and the FLOPs of one pair's share of a step."""
-    model = _build(name, cfg, _NUM_CLASSES, s.seed).to(device).train()
+    model = _build(name, cfg, ATR.num_raw_classes, s.seed).to(device).train()
     if fast:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if s.compile else model
@@ -701,7 +650,7 @@ def run_benchmark(settings: BenchmarkSettings | None = None, *, log: Callable[[s
             "versions": versions(),
             "settings": {**dataclasses.asdict(s), "image_size": image_size, "train_batch": s.train_batch
                          or cfg.batch_size, "backbone": cfg.backbone, "model_options": cfg.model_options,
-                         "way": cfg.way, "num_classes": _NUM_CLASSES, "amp_bf16": fast, "channels_last": fast,
+                         "way": cfg.way, "num_classes": ATR.num_raw_classes, "amp_bf16": fast, "channels_last": fast,
                          "threads": torch.get_num_threads(), "timing": "median seconds per call after warm-up",
                          "pair": "one query + one support, both image_size x image_size"},
             "host": {"cpu_count": os.cpu_count(), "loadavg_start": load_start,

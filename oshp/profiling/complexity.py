@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from ..models.registry import build_model, get_method
+from ..models.dummy import band_episode
 
 __all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity"]
 
 
 # ATR ids used for the k synthetic support classes (OSHP foreground classes, rarest first is irrelevant here)
-_ATR_FOREGROUND = (2, 4, 11, 14, 12, 9, 6, 1, 16, 5, 7)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> float:
@@ -72,21 +72,6 @@ def _breakdown(counter: FlopCounterMode, model: nn.Module) -> dict[str, float]:
     return out
 
 
-def _synthetic_episode(image_size: int, ways: int, num_classes: int, way: str) -> tuple[torch.Tensor, ...]:
-    """Query/support images and a support mask with ``ways`` foreground classes in vertical bands."""
-    g = torch.Generator().manual_seed(0)
-    query = torch.randn(1, 3, image_size, image_size, generator=g)
-    support = torch.randn(1, 3, image_size, image_size, generator=g)
-    label = torch.zeros(1, image_size, image_size, dtype=torch.long)
-    ids = [c for c in _ATR_FOREGROUND if c < num_classes][: (1 if way == "1" else ways)]
-    if len(ids) < (1 if way == "1" else ways):
-        ids = list(range(1, min(num_classes, ways + 1)))
-    band = max(1, image_size // (len(ids) + 1))
-    for i, c in enumerate(ids):
-        label[:, image_size // 8: image_size - image_size // 8, (i + 1) * band - band // 2: (i + 1) * band + band // 2] = c
-    return query, support, label
-
-
 def complexity(
     method: str = "eopnet",
     image_size: int = 512,
@@ -113,7 +98,8 @@ def complexity(
     torch.manual_seed(0)
     model = build_model(m.name, num_classes=num_classes, way=way, backbone=backbone, pretrained=False,
                         backbone_weights=None, **model_options).eval()
-    query, support, label = _synthetic_episode(image_size, ways, num_classes, way)
+    episode = band_episode(1, image_size, ways, num_classes, way)
+    query, support, label = episode["query_image"], episode["support_image"], episode["support_label"]
     t0 = time.perf_counter()
     gmacs, counter = _count(model, (query, support, label), {})
     seconds = time.perf_counter() - t0
