@@ -1,7 +1,5 @@
-"""Toy episodes and the overfitting loop that every model's "overfits one episode" test shares.
-
-Each model test still chooses its own options, learning rate, step count and loss key (they pin that model's
-behaviour); what is the same everywhere (coloured boxes as classes, the Adam loop) lives here once.
+"""Toy episodes for the tests: coloured boxes as classes, an image with its mirror image, random shape episodes, and
+the overfitting loop of the method contract (tests/test_methods_contract.py).
 
     from toy import box_episode, overfit
 """
