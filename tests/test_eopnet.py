@@ -13,7 +13,8 @@ from toy import random_episode
 
 from oshp.models import backbone as backbone_mod
 from oshp.models.backbone import DeepLabFeatures, accepts_output_stride
-from oshp.models.eopnet import LOW_LOGIT, EOPNet, EOPNetConfig, NPMHead
+from oshp.models.eopnet import EOPNet, EOPNetConfig, LOW_LOGIT
+from oshp.models.heads import NPMHead
 from oshp.models.prototypes import (
     PrototypeMemory,
     cosine_similarity_maps,

@@ -27,6 +27,7 @@ from .transforms import apply_joint, resize_transform, training_transform
 from .vocab import DatasetSpec, binary_labels, human_mask, present_classes, restrict_to_classes
 from ..core.labels import BACKGROUND, check_way
 from .pseudo import paste_pseudo_class
+from ..core.labels import IGNORE_INDEX
 
 MAX_AUGMENT_TRIES = 5
 MAX_SUPPORT_TRIES = 10
@@ -84,7 +85,7 @@ def make_episode(spec: DatasetSpec, keep: Sequence[int], query_image: torch.Tens
 def _one_way(label: np.ndarray, class_id: int) -> np.ndarray:
     """1-way label that keeps the class id: ``class_id`` where the class is, 0 elsewhere, 255 stays."""
     out = binary_labels(label, class_id) * np.uint8(class_id)
-    out[label == 255] = 255
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
     return out
 
 

@@ -28,6 +28,7 @@ from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
 from .run import load_run_model, metrics_name
 from ..models.prototypes import PrototypeMemory
+from ..core.labels import IGNORE_INDEX
 
 
 def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:
@@ -73,7 +74,7 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
         if meter is not None:
             c = int(batch["class_id"][0])
             pred = one_way_to_class(pred, c, out["pred"].shape[1])
-            binary_target = torch.where(target == 255, target, (target == c).long())
+            binary_target = torch.where(target == IGNORE_INDEX, target, (target == c).long())
             meter.update(c, (pred == c).long(), binary_target)
         conf.update(pred.cpu(), target.cpu())
     if meter is None:
@@ -109,7 +110,7 @@ def background_baseline(ds: ReleaseLayoutDataset, pairs: list[dict], fold: int, 
         conf.update(zeros, target)
         if meter is not None:
             c = episodes.refs[i].class_id
-            meter.update(c, zeros, torch.where(target == 255, target, (target == c).long()))
+            meter.update(c, zeros, torch.where(target == IGNORE_INDEX, target, (target == c).long()))
     return kway_metrics(conf, ds.spec, fold) if meter is None else oneway_metrics(meter, fold)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from oshp.losses import beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
 from oshp.core.labels import IGNORE_INDEX
-from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
+from oshp.models.backbone import DeepLabFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, LOW_LOGIT, check_image, resolve_config
 from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import (
@@ -36,6 +36,7 @@ from oshp.models.prototypes import (
     downsample_mask,
     masked_average_pooling,
 )
+from .heads import AGMHead, NPMHead
 
 __all__ = ["EOPNetConfig", "EOPNet", "SupportCache", "AGMHead", "NPMHead", "LOW_LOGIT", "TABLE4_ROWS"]
 
@@ -155,89 +156,6 @@ class EOPNetConfig:
         base: dict = dict(TABLE4_ROWS[key])
         base.update(overrides)
         return cls(**base)
-
-
-def _group_mean(x: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
-    """Mean of the P x h x w maps ``x`` within each of ``n`` groups (group[p] = sample of pair p)."""
-    sums = x.new_zeros((n,) + tuple(x.shape[1:])).index_add(0, group, x)
-    counts = torch.bincount(group, minlength=n).clamp_min(1).to(x.dtype)
-    return sums / counts.view(-1, *([1] * (x.dim() - 1)))
-
-
-def _identity_affine(conv: nn.Conv2d) -> nn.Conv2d:
-    nn.init.ones_(conv.weight)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-class NPMHead(nn.Module):
-    """Nearest Prototype Module (eqs. 8-9): scalar projections of the cosine maps, no spatial parameters.
-
-    m_bg = omega_NPM(mean_c (1 - m_c)) (eq. 8); logits = [phi_NPM_bg(m_bg), phi_NPM(m_c) ...] (eq. 9), each times a
-    learnable temperature. phi/omega are 1x1 "fully-connected" maps on one-channel maps, initialised to identity.
-    """
-
-    def __init__(self, scale_init: float = 10.0) -> None:
-        super().__init__()
-        self.phi = _identity_affine(nn.Conv2d(1, 1, 1))
-        self.phi_bg = _identity_affine(nn.Conv2d(1, 1, 1))
-        self.omega = _identity_affine(nn.Conv2d(1, 1, 1))
-        self.scale = nn.Parameter(torch.tensor(float(scale_init)))
-
-    def background_similarity(self, sims: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
-        """m_bg of eq. 8: omega_NPM of the mean over each sample's classes of (1 - m_c); P x h x w -> n x h x w."""
-        mean = _group_mean(1.0 - sims, group, n)
-        return self.omega(mean.unsqueeze(1)).squeeze(1)
-
-    def forward(self, sims: torch.Tensor, group: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """P x h x w cosine maps -> (P x h x w class logits, n x h x w background logits)."""
-        fg = self.scale * self.phi(sims.unsqueeze(1)).squeeze(1)
-        bg = self.scale * self.phi_bg(self.background_similarity(sims, group, n).unsqueeze(1)).squeeze(1)
-        return fg, bg
-
-    def absent_logit(self) -> torch.Tensor:
-        """The logit of a class whose cosine map is 0 (the release's zero prototype)."""
-        return self.scale * self.phi.bias[0]
-
-
-class AGMHead(nn.Module):
-    """Attention Guidance Module (eqs. 5-7).
-
-    r_c = m_c * h^q + h^q (eq. 5); a shared trunk phi_AGM ends in a 1x1 conv with two outputs per class: the class
-    score l_c (eq. 6, left) and that class's background score phi_AGM_bg(r_c); l_bg = omega_AGM(mean_c of the latter)
-    (eq. 6, right). The softmax of eq. 7 is left to the loss / argmax.
-    """
-
-    def __init__(self, dim: int = 256, trunk: Literal["release", "separable"] = "release") -> None:
-        super().__init__()
-        if trunk == "release":
-            self.trunk = nn.Sequential(
-                nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, dim, 3, padding=1), SeparableConvBlock(dim, dim)
-            )
-        elif trunk == "separable":
-            self.trunk = nn.Sequential(*(SeparableConvBlock(dim, dim) for _ in range(3)))
-        else:
-            raise ValueError(f"AGM trunk must be 'release' or 'separable', not {trunk!r}")
-        self.classifier = nn.Conv2d(dim, 2, 1)
-        self.omega = _identity_affine(nn.Conv2d(1, 1, 1))
-        for m in self.trunk.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-    def forward(
-        self, feats: torch.Tensor, sims: torch.Tensor, group: torch.Tensor, n: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """P x D x h x w query features (one per pair), P x h x w cosine maps -> (P x h x w l_c, n x h x w l_bg)."""
-        r = feats * sims.unsqueeze(1) + feats
-        out = self.classifier(self.trunk(r))
-        bg = self.omega(_group_mean(out[:, 1], group, n).unsqueeze(1)).squeeze(1)
-        return out[:, 0], bg
-
-    def absent_logit(self) -> torch.Tensor:
-        """A learned constant for classes absent from the support (only used with restrict_to_support=False)."""
-        return self.classifier.bias[0]
 
 
 @dataclass

@@ -56,7 +56,7 @@ from torch import nn
 from oshp.losses import beta_schedule, cross_entropy, dual_metric_loss
 from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
-from oshp.models.eopnet import AGMHead, NPMHead
+from oshp.models.heads import AGMHead, NPMHead
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
 from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import PrototypeMemory, TestPrototypes, cosine_similarity_maps, downsample_mask
