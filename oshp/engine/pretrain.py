@@ -34,6 +34,7 @@ from ..core.schedule import poly_lr
 from ..core.io import sha256
 from ..models.weights import BACKBONE_FILE, BACKBONE_FORMAT
 from ..models.eopnet import EOPNet, EOPNetConfig
+from .step import train_step
 
 
 def _model(cfg: PretrainConfig) -> torch.nn.Module:
@@ -78,19 +79,9 @@ def pretrain(cfg: PretrainConfig, out: str | Path, *, resume: bool = False, prog
     step = start
     for step, batch in enumerate(iterator, start=start + 1):
         lr = poly_lr(cfg.lr, step - 1, cfg.steps, 0.9)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            res = model(batch["query_image"], batch["support_image"], batch["support_label"],
-                        query_label=batch["query_label"], epoch=0, max_epoch=1)
-        loss = res["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the pretraining loss became {loss.item()} at step {step}; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        window.append(float(loss.detach()))
+        res = train_step(model, opt, batch, device=device, lr=lr, autocast=device.type == "cuda",
+                         where=f"pretraining step {step} (--lr)")
+        window.append(float(res["loss"].detach()))
         if progress:
             iterator.set_postfix(loss=f"{window[-1]:.3f}")
         if step % 50 == 0 or step == cfg.steps:

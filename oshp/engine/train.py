@@ -32,10 +32,10 @@ from ..models.registry import get_method
 from ..core.env import device_name, resolve_device, seed_everything, versions
 from ..core.io import atomic_write_json
 from ..core.schedule import poly_lr
-from ..core.env import batch_to_device
 from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOG, SUMMARY, atomic_save, load_checkpoint, load_model_state, model_from_config, run_files
 from ..data.pairs import default_test_pairs, first_pairs_per_class
 from .evaluate import evaluate_episodes
+from .step import train_step
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -199,25 +199,14 @@ class Trainer:
         lr = cfg.lr
         for step, batch in enumerate(iterator):
             lr = self._lr(epoch, step, steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            batch = batch_to_device(batch, self.device, self.fast)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.fast):
-                out = model(batch["query_image"], batch["support_image"], batch["support_label"],
-                            support_human=batch["support_human"], query_label=batch["query_label"],
-                            query_human=batch["query_human"], epoch=epoch, max_epoch=cfg.epochs)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {float(loss.detach())} at epoch {epoch}, step {step}; "
-                                         f"lower --lr (now {lr:g})")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            out = train_step(model, self.optimizer, batch, device=self.device, lr=lr, autocast=self.fast,
+                             channels_last=self.fast, epoch=epoch, max_epoch=cfg.epochs,
+                             where=f"epoch {epoch}, step {step} (--lr)")
             for key, value in out.items():
                 if key.startswith("loss") and isinstance(value, torch.Tensor):
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
             if self.progress and self.rank == 0:
-                iterator.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
+                iterator.set_postfix(loss=f"{float(out['loss'].detach()):.3f}", lr=f"{lr:.2e}")
         beta = out.get("beta", float("nan"))
         record = {"epoch": epoch, "lr": lr, "steps": steps,
                   "beta": float(beta.detach() if isinstance(beta, torch.Tensor) else beta),
