@@ -167,8 +167,25 @@ def _add_model_args(p) -> None:
     p.add_argument("--data-root", type=Path, default=Path("data/synthetic"), help="dataset root (default: %(default)s)")
 
 
+def _add_config_flags(p, config: type, *, profile_defaults: bool) -> None:
+    """One flag per field of ``config`` that its ``metadata["cli"]`` marks (``--batch-size`` for ``batch_size``): the
+    type, help text and default come from the dataclass, so the CLI restates none of them. ``profile_defaults``: the
+    flags default to None, i.e. the chosen profile's value."""
+    from .engine.config import cli_fields
+
+    for f in cli_fields(config):
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["cli"]
+        default = None if profile_defaults else f.default
+        shown = "the profile's" if profile_defaults else "%(default)s"
+        if "bool" in str(f.type):
+            p.add_argument(flag, action="store_true", default=default, help=text)
+            continue
+        kind = int if str(f.type).startswith("int") else float if str(f.type).startswith("float") else str
+        p.add_argument(flag, type=kind, default=default, help=f"{text} (default: {shown})")
+
+
 def _add_train(sub) -> None:
-    from .engine.config import PROFILES, PROFILE_NOTES
+    from .engine.config import PROFILES, PROFILE_NOTES, TrainConfig
     from .models.registry import METHODS
 
     p = sub.add_parser(
@@ -188,20 +205,7 @@ def _add_train(sub) -> None:
                    help="training budget and model size (default: %(default)s, about 20 minutes on 2 CPU cores)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    for name, kind, help_text in (
-        ("epochs", int, "training epochs"), ("batch-size", int, "episodes per step"), ("lr", float, "initial LR"),
-        ("image-size", int, "training crop side"), ("pairs-per-epoch", int, "cap on episodes per epoch"),
-        ("backbone", str, "timm backbone name"),
-        ("backbone-weights", str, "local checkpoint for the backbone, or 'synthetic' for the shipped "
-                                  "synthetic-pretrained one (oshp pretrain)"),
-        ("seed", int, "random seed"), ("workers", int, "data-loader processes"), ("device", str, "auto, cpu, cuda"),
-        ("lr-schedule", str, "poly (paper) or release"), ("optimizer", str, "sgd (paper) or adamw"),
-        ("weight-decay", float, "weight decay"), ("val-pairs-per-class", int, "held-out episodes per class"),
-    ):
-        p.add_argument(f"--{name}", type=kind, default=None, help=f"{help_text} (default: the profile's)")
-    p.add_argument("--pretrained", action="store_true", default=None, help="start from timm's pretrained weights")
-    p.add_argument("--label-novel", action="store_true", default=None, help="the oracle bound, not one-shot: keep "
-                   "the novel classes labelled in meta-training")
+    _add_config_flags(p, TrainConfig, profile_defaults=True)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="model option, e.g. warmup_epochs=25, ablation=NPM, release_compat=true, dynamic_prototypes=false")
     p.set_defaults(func=_run_train)
@@ -223,13 +227,10 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _run_train(args) -> int:
-    from .engine.config import PROFILE_NOTES, make_config
+    from .engine.config import PROFILE_NOTES, TrainConfig, cli_fields, make_config
     from .engine.train import train
 
-    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "image_size", "pairs_per_epoch",
-                                                "backbone", "backbone_weights", "seed", "workers", "device",
-                                                "lr_schedule", "optimizer", "weight_decay", "val_pairs_per_class", "pretrained",
-                                                "label_novel")}
+    overrides = {f.name: getattr(args, f.name) for f in cli_fields(TrainConfig)}
     cfg = make_config(args.profile, data_root=str(args.data_root), dataset=args.dataset, fold=args.fold, way=args.way,
                       method=args.method, model_options=dict(_parse_option(o) for o in args.option), **overrides)
     if not args.quiet:
@@ -247,7 +248,6 @@ def _run_train(args) -> int:
 def _add_pretrain(sub) -> None:
     from .engine.config import PretrainConfig
 
-    d = PretrainConfig()
     p = sub.add_parser(
         "pretrain", help="pretrain a backbone on synthetic creatures (the stand-in for ImageNet/COCO pretraining)",
         description="Train the embedding network (timm backbone + DeepLabV3+-style fusion) on one-shot episodes of "
@@ -256,27 +256,17 @@ def _add_pretrain(sub) -> None:
                     "OUT/backbone.pt (load it with `oshp train --backbone-weights OUT/backbone.pt`), OUT/pretrain.json "
                     "and OUT/checkpoint.pt (for --resume).")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--backbone", default=d.backbone, help="timm backbone (default: %(default)s, the demo's)")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimiser steps (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="episodes per step (default: %(default)s)")
-    p.add_argument("--image-size", type=int, default=d.image_size, help="episode image side (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate, poly decay (default: %(default)s)")
-    p.add_argument("--embed-dim", type=int, default=d.embed_dim, help="metric space width (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--workers", type=int, default=d.workers, help="episode-drawing processes (default: %(default)s)")
-    p.add_argument("--device", default=d.device)
+    _add_config_flags(p, PretrainConfig, profile_defaults=False)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.set_defaults(func=_run_pretrain)
 
 
 def _run_pretrain(args) -> int:
-    from .engine.config import PretrainConfig
+    from .engine.config import PretrainConfig, cli_fields
     from .engine.pretrain import pretrain
     from .models.weights import BACKBONE_FILE
 
-    cfg = PretrainConfig(backbone=args.backbone, steps=args.steps, batch_size=args.batch_size,
-                         image_size=args.image_size, lr=args.lr, embed_dim=args.embed_dim, seed=args.seed,
-                         workers=args.workers, device=args.device)
+    cfg = PretrainConfig(**{f.name: getattr(args, f.name) for f in cli_fields(PretrainConfig)})
     summary = pretrain(cfg, args.out, resume=args.resume, progress=not args.quiet)
     last = summary["history"][-1]["loss"] if summary["history"] else float("nan")
     print(f"pretrained {cfg.backbone} for {summary['steps']} steps in {summary['wall_time_s']:.0f} s on "

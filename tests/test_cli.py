@@ -36,3 +36,16 @@ def test_dataset_without_vocabulary_asks_for_it(tmp_path, capsys):
     (tmp_path / "list").mkdir()
     assert main(["show", "--data-root", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "--dataset atr|lip|cihp" in capsys.readouterr().err
+
+
+def test_train_and_pretrain_flags_come_from_the_configuration_dataclasses():
+    from oshp.engine.config import PretrainConfig, TrainConfig, cli_fields
+
+    parser = build_parser()
+    train = parser.parse_args(["train", "--fold", "1", "--out", "r", "--batch-size", "3", "--label-novel"])
+    assert train.batch_size == 3 and train.label_novel is True
+    assert all(getattr(train, f.name) is None for f in cli_fields(TrainConfig) if f.name not in ("batch_size",
+                                                                                                "label_novel"))
+    pretrain = parser.parse_args(["pretrain", "--out", "o"])
+    assert {f.name: getattr(pretrain, f.name) for f in cli_fields(PretrainConfig)} == \
+        {f.name: f.default for f in cli_fields(PretrainConfig)}

@@ -13,7 +13,10 @@ from ..models.registry import method_settings
 
 @dataclass
 class TrainConfig:
-    """Everything a run depends on. ``model_options`` are passed to the method (e.g. an EOPNetConfig field)."""
+    """Everything a run depends on. ``model_options`` are passed to the method (e.g. an EOPNetConfig field).
+
+    Fields with ``metadata["cli"]`` are `oshp train` flags (``--batch-size`` for ``batch_size``), built from here.
+    """
 
     data_root: str = "data/synthetic"
     dataset: str | None = None
@@ -21,38 +24,40 @@ class TrainConfig:
     way: str = "k"
     method: str = "eopnet"
     profile: str = "demo"
-    backbone: str = "mobilenetv3_small_100"
-    pretrained: bool = False
-    backbone_weights: str | None = None
-    image_size: int = 128
-    epochs: int = 12
-    batch_size: int = 8
-    lr: float = 0.02
-    optimizer: str = "sgd"
+    backbone: str = field(default="mobilenetv3_small_100", metadata={"cli": 'timm backbone name'})
+    pretrained: bool = field(default=False, metadata={"cli": "start from timm's pretrained weights"})
+    backbone_weights: str | None = field(default=None, metadata={
+        "cli": "local checkpoint for the backbone, 'synthetic' for the shipped synthetic-pretrained one (oshp "
+               "pretrain), or 'none'"})
+    image_size: int = field(default=128, metadata={"cli": 'training crop side'})
+    epochs: int = field(default=12, metadata={"cli": 'training epochs'})
+    batch_size: int = field(default=8, metadata={"cli": 'episodes per step'})
+    lr: float = field(default=0.02, metadata={"cli": 'initial learning rate'})
+    optimizer: str = field(default="sgd", metadata={"cli": 'sgd (paper) or adamw'})
     """'sgd' (paper: SGD, momentum 0.9, weight decay 5e-4 as in the release) or 'adamw' (the CPU demo trains from
     scratch for minutes, where SGD's slow start leaves the nearest-prototype head predicting background)."""
     momentum: float = 0.9
-    weight_decay: float = 5e-4
+    weight_decay: float = field(default=5e-4, metadata={"cli": 'weight decay'})
     poly_power: float = 0.9
-    lr_schedule: str = "poly"
+    lr_schedule: str = field(default="poly", metadata={"cli": 'poly (paper) or release'})
     """'poly': per-iteration poly decay (paper). 'release': the poly value applied every 10 epochs with the
     optimiser re-created (momentum reset), as the authors' code does (facts 4)."""
-    pairs_per_epoch: int | None = None
+    pairs_per_epoch: int | None = field(default=None, metadata={"cli": 'cap on episodes per epoch'})
     """Cap on training episodes per epoch (None: every query of the query pool once, as in the paper)."""
     one_way_pairs_per_class: int = 1500
     fixed_supports: bool = False
     release_pools: bool = False
     """The release's 7,500-image meta-train query pool for LIP and CIHP too (paper: 14,000)."""
     augment: bool = True
-    label_novel: bool = False
+    label_novel: bool = field(default=False, metadata={"cli": 'the oracle bound, not one-shot: keep the novel classes labelled in meta-training'})
     """The oracle bound (not one-shot): novel classes stay labelled in meta-training."""
     pseudo_class_prob: float = 0.0
     """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.pseudo)."""
-    val_pairs_per_class: int = 10
+    val_pairs_per_class: int = field(default=10, metadata={"cli": 'held-out episodes per class scored after every epoch'})
     """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
-    workers: int = 0
-    seed: int = 0
-    device: str = "auto"
+    workers: int = field(default=0, metadata={"cli": 'data-loader processes'})
+    seed: int = field(default=0, metadata={"cli": 'random seed'})
+    device: str = field(default="auto", metadata={"cli": 'auto, cpu or cuda'})
     amp: bool = True
     """bf16 autocast and channels-last on CUDA; ignored on the CPU."""
     model_options: dict[str, Any] = field(default_factory=dict)
@@ -121,18 +126,25 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    backbone: str = "mobilenetv3_small_100"
-    image_size: int = 128
-    steps: int = 1500
-    batch_size: int = 8
-    lr: float = 2e-3
+    """A synthetic pretraining run (`oshp pretrain`); fields with ``metadata["cli"]`` are its flags."""
+
+    backbone: str = field(default="mobilenetv3_small_100", metadata={"cli": "timm backbone (the demo's by default)"})
+    image_size: int = field(default=128, metadata={"cli": 'episode image side'})
+    steps: int = field(default=1500, metadata={"cli": 'optimiser steps'})
+    batch_size: int = field(default=8, metadata={"cli": 'episodes per step'})
+    lr: float = field(default=2e-3, metadata={"cli": 'AdamW learning rate, poly decay'})
     weight_decay: float = 1e-4
-    embed_dim: int = 64
+    embed_dim: int = field(default=64, metadata={"cli": 'metric space width'})
     num_classes: int = 18
     """Class slots of the pretraining episodes (parts get random slots; the number only bounds the parts per episode)."""
     keep_prob: float = 0.8
     distractor_prob: float = 0.5
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
+    seed: int = field(default=0, metadata={"cli": 'random seed'})
+    workers: int = field(default=0, metadata={"cli": 'episode-drawing processes'})
+    device: str = field(default="auto", metadata={"cli": 'auto, cpu or cuda'})
     checkpoint_every: int = 250
+
+
+def cli_fields(config: type) -> list[dataclasses.Field]:
+    """The fields of a configuration dataclass that the command line exposes as flags (``metadata["cli"]``)."""
+    return [f for f in dataclasses.fields(config) if "cli" in f.metadata]
