@@ -128,7 +128,7 @@ def config_from_dict(data: dict) -> TrainConfig:
 class PretrainConfig:
     """A synthetic pretraining run (`oshp pretrain`); fields with ``metadata["cli"]`` are its flags."""
 
-    backbone: str = field(default="mobilenetv3_small_100", metadata={"cli": "timm backbone (the demo's by default)"})
+    backbone: str = field(default="mobilenetv3_small_100", metadata={"cli": "timm backbone"})
     image_size: int = field(default=128, metadata={"cli": 'episode image side'})
     steps: int = field(default=1500, metadata={"cli": 'optimiser steps'})
     batch_size: int = field(default=8, metadata={"cli": 'episodes per step'})
