@@ -463,23 +463,22 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="runs trained at once (default: the profile's: demo 2)")
     p.add_argument("--train-profile", choices=tuple(PROFILES), default=None,
                    help="train every run with this training profile's full budget instead (e.g. demo: hours)")
-    p.add_argument("--notebooks", default=None, help=f"comma-separated subset, e.g. 03,05 (default: all of "
-                   f"{', '.join(n.split('_')[0] for n in NOTEBOOKS)})")
+    p.add_argument("--notebooks", default=None, help=f"comma-separated subset by name or number, e.g. tables_1_3,05 "
+                   f"(default: all of {', '.join(NOTEBOOKS)})")
     p.add_argument("--kernel", default=None, help="Jupyter kernel for papermill (default: the notebooks' python3)")
     p.set_defaults(func=_run_reproduce)
 
 
 def _run_reproduce(args) -> int:
     from .study.reproduce import reproduce
-    from .study.plans import NOTEBOOKS
+    from .study.plans import notebook_name
 
     chosen = None
     if args.notebooks:
-        keys = [k.strip() for k in args.notebooks.split(",") if k.strip()]
-        chosen = [n for n in NOTEBOOKS if n.split("_")[0] in keys or n in keys]
-        unknown = set(keys) - {n.split("_")[0] for n in chosen} - set(chosen)
-        if unknown:
-            raise CliError(f"unknown notebooks {sorted(unknown)}; choose from {', '.join(NOTEBOOKS)}")
+        try:
+            chosen = list(dict.fromkeys(notebook_name(k.strip()) for k in args.notebooks.split(",") if k.strip()))
+        except ValueError as err:
+            raise CliError(str(err)) from err
     summary = reproduce(args.profile, out_dir=args.out, data_root=args.data_root, figures_dir=args.figures,
                         datasets=args.datasets.split(",") if args.datasets else None, seed=args.seed,
                         workers=args.workers, train_profile=args.train_profile, notebooks=chosen,

@@ -51,7 +51,7 @@ def test_run_config_applies_budget_variant_and_validation(tmp_path):
 
 
 def test_notebook_runs_cover_every_table_and_share_runs():
-    tables, _ = plans.notebook_runs("03_tables_1_3.ipynb")
+    tables, _ = plans.notebook_runs("tables_1_3")
     assert len(tables) == 26  # 5 k-way methods + 8 1-way methods, two folds
     ablation, _ = plans.notebook_runs("04")
     assert {s.variant for s in ablation if s.method == "eopnet"} == {v for _, v in plans.TABLE4_VARIANTS}

@@ -25,10 +25,21 @@ from ..engine.config import PROFILES
 from ..models.registry import METHODS, get_method
 
 
-NOTEBOOKS: tuple[str, ...] = (
-    "00_oshp_data.ipynb", "01_tour.ipynb", "02_train_one_fold.ipynb", "03_tables_1_3.ipynb", "04_table4_ablation.ipynb",
-    "05_table5_complexity.ipynb", "06_fig7_dynamic_prototypes.ipynb", "07_figs4_6_parses.ipynb",
-)
+NOTEBOOKS: dict[str, str] = {
+    "data": "00_oshp_data.ipynb", "tour": "01_tour.ipynb", "train_one_fold": "02_train_one_fold.ipynb",
+    "tables_1_3": "03_tables_1_3.ipynb", "table4_ablation": "04_table4_ablation.ipynb",
+    "table5_complexity": "05_table5_complexity.ipynb", "fig7_dynamic_prototypes": "06_fig7_dynamic_prototypes.ipynb",
+    "figs4_6_parses": "07_figs4_6_parses.ipynb",
+}
+"""The notebooks by name (what the code refers to them by) and their files in notebooks/, in reading order."""
+
+
+def notebook_name(key: str) -> str:
+    """A notebook's name from its name, its file name, or its number ("03"): what `--notebooks` accepts."""
+    for name, file in NOTEBOOKS.items():
+        if key in (name, file, file.split("_")[0], file.removesuffix(".ipynb")):
+            return name
+    raise ValueError(f"unknown notebook {key!r}; notebooks: {', '.join(f'{n} ({f})' for n, f in NOTEBOOKS.items())}")
 
 
 # what a run variant changes in the training configuration
@@ -216,31 +227,26 @@ def table_specs(dataset: str = "atr", seed: int = 0) -> list[RunSpec]:
 
 def notebook_runs(notebook: str, datasets: Sequence[str] = ("atr",), seed: int = 0) -> tuple[list[RunSpec],
                                                                                                list[RunSpec]]:
-    """The runs a notebook needs and those of them that also need the lower-bound evaluation."""
+    """The runs a notebook (by name, file or number) needs, and those of them that also need the lower bound."""
     main = datasets[0]
     eop = RunSpec("eopnet", "k", 1, seed, main)
-    key = notebook.split("_")[0]
-    if key == "00":
+    name = notebook_name(notebook)
+    if name in ("data", "table5_complexity"):
         return [], []
-    if key == "01":
+    if name == "tour":
         return [eop, RunSpec("eopnet", "1", 1, seed, main), dataclasses.replace(eop, variant="oracle"),
                 dataclasses.replace(eop, variant="scratch")], [eop]
-    if key == "02":
+    if name == "train_one_fold":
         return [eop], []
-    if key == "03":
+    if name == "tables_1_3":
         return [s for d in datasets for s in table_specs(d, seed)], []
-    if key == "04":
+    if name == "table4_ablation":
         return [dataclasses.replace(eop, variant=v) for _, v in TABLE4_VARIANTS] + \
             [RunSpec("popnet", "k", 1, seed, main)], []
-    if key == "05":
-        return [], []
-    if key == "06":
+    if name == "fig7_dynamic_prototypes":
         return [eop, dataclasses.replace(eop, variant="no-dp")], []
-    if key == "07":
-        return [RunSpec(m, w, 1, seed, main) for w in ("k", "1") for m in ("eopnet", "popnet", "amp", "sgone",
-                                                                            "finetuning")
-                if w == "k" or m == "eopnet"], []
-    raise ValueError(f"unknown notebook {notebook!r}; notebooks: {', '.join(NOTEBOOKS)}")
+    return [RunSpec(m, w, 1, seed, main) for w in ("k", "1") for m in ("eopnet", "popnet", "amp", "sgone", "finetuning")
+            if w == "k" or m == "eopnet"], []  # figs4_6_parses
 
 
 def all_runs(datasets: Sequence[str] = ("atr",), seed: int = 0,

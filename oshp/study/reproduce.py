@@ -29,7 +29,7 @@ from ..engine.evaluate import run_metrics
 from ..engine.train import train
 from ..profiling.benchmark import run_benchmark
 from ..profiling.complexity import complexity
-from .plans import NOTEBOOKS, Paths, ReproducePlan, RunSpec, VARIANTS, all_runs, get_plan, notebook_runs, repo_root, resolve_paths, shown_path
+from .plans import NOTEBOOKS, Paths, notebook_name, ReproducePlan, RunSpec, VARIANTS, all_runs, get_plan, notebook_runs, repo_root, resolve_paths, shown_path
 
 __all__ = ["prepare_data", "run_config", "ensure_run", "ensure_runs", "load_result", "run_notebooks", "publish_notebooks",
            "reproduce", "notebook", "NotebookContext", "measure_table5"]
@@ -264,7 +264,7 @@ def run_notebooks(profile: str, *, train_profile: str | None = None, out_dir: st
                   figures_dir=shown_path(paths.figures), seed=seed, datasets=list(paths.data), workers=workers,
                   data_root=shown_path(data_root) if data_root else None)
     done = []
-    for nb in notebooks or NOTEBOOKS:
+    for nb in (NOTEBOOKS[notebook_name(n)] for n in notebooks or NOTEBOOKS):
         source = root / "notebooks" / nb
         if not source.is_file():
             raise FileNotFoundError(f"no notebook {source}; run `oshp reproduce` from a clone of the repository")
