@@ -258,7 +258,7 @@ class PANet(EpisodeModel):
     """PANet for 1-way OSHP (see the module docstring and :class:`PANetConfig`).
 
     Its only parameters are the encoder's: 14.71 M for the paper configuration (VGG-16's 13 conv layers, the 14.7 M of
-    Table 5), counted by ``oshp.complexity.count_parameters`` (trainable parameters, no buffers).
+    Table 5), counted by ``oshp.profiling.complexity.count_parameters`` (trainable parameters, no buffers).
     Compute: one 512 x 512 pass of the stride-8 encoder is 101.9 GMACs, so a 1-way episode (query + support) is
     203.9 G; Table 5's 612.6 G matches six passes, i.e. the k-way PANet of section 6.3 with k = 5 support images.
     """

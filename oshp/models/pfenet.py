@@ -36,7 +36,7 @@ ResNet is PSPNet's deep-stem variant (three 3x3 convs); the paper profile uses t
 says ResNet-50). In section 6.3's 1-way, 1-shot setting the release's multi-shot averaging does not arise.
 
 Parameters: 10.8 M trainable (the new layers at 256-d over 1536-d mid features), plus the frozen ResNet-50's 23.5 M
-(34.3 M in all). Table 5 gives no size for PFENet; :func:`oshp.complexity.complexity` reports the trainable count.
+(34.3 M in all). Table 5 gives no size for PFENet; :func:`oshp.profiling.complexity.complexity` reports the trainable count.
 """
 
 from __future__ import annotations

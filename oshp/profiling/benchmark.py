@@ -11,7 +11,7 @@ What is measured (one query + one support = one pair, at the profile's image siz
   never goes down, so it is the peak of everything run so far).
 
 The floor: FLOPs of one inference pair and of one training step (forward + backward) are counted with torch's
-``FlopCounterMode`` (convolutions and matrix products only, like :mod:`oshp.complexity`; its backward formula for
+``FlopCounterMode`` (convolutions and matrix products only, like :mod:`oshp.profiling.complexity`; its backward formula for
 grouped convolutions is corrected, see :func:`flop_counter`), and divided by the device's
 measured peak (a large matmul, bf16 on CUDA, fp32 on the CPU). ``ratio_to_floor`` = measured seconds per pair over
 that floor: 1 would be a model running at matmul peak on its conv/matmul work alone; it is a yardstick, not a bound
@@ -72,8 +72,6 @@ FAST_PATH_TOLERANCE = {"min_pixel_agreement": 0.99, "max_miou_diff_points": 1.0,
 by at most 1 point. A pixel is decided when its two best fp32 logits are more than ``tie_margin`` apart: bf16 moves
 logits of order 10 by a few hundredths, so closer calls are coin tosses under any rounding. With fewer than half the
 pixels decided (random weights: EOP-Net's cosines all lie near 1) the check is uninformative and ``passed`` is None."""
-
-# ATR ids used for the k synthetic classes (the same as oshp.complexity's Table 5 setting)
 
 
 @dataclass
@@ -554,7 +552,7 @@ def _bench_method(name: str, cfg: TrainConfig, s: BenchmarkSettings, image_size:
              "train_flops": train_flops, "train_floor_s": _over(train_flops, peak["peak_flops"]),
              "per": "one pair (train: one pair's share of a training step, forward + backward)",
              "counter": "torch.utils.flop_counter.FlopCounterMode (conv/matmul only; grouped-conv backward "
-                        "divided by groups, see oshp.benchmark.flop_counter)"}
+                        "divided by groups, see oshp.profiling.benchmark.flop_counter)"}
     inf, cch, trn = result["inference"], result["cached"], result["train"]
     rows = {"inference_batch1": (inf.get("batch1"), floor["inference_floor_s"]),
             "inference_best": (inf.get("best"), floor["inference_floor_s"]),

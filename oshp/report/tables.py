@@ -171,8 +171,8 @@ def progressive_table(progressive: dict, end_to_end: dict) -> list[dict[str, Any
 
 
 def complexity_table(complexities: Sequence[dict], benchmark: dict | None = None) -> list[dict[str, Any]]:
-    """Table 5: parameters and inference GMACs (``oshp.complexity.complexity`` results) and the measured pairs per
-    second at batch 1 (an ``oshp.benchmark.run_benchmark`` result on some device), beside the paper's V100 row."""
+    """Table 5: parameters and inference GMACs (``oshp.profiling.complexity.complexity`` results) and the measured pairs per
+    second at batch 1 (an ``oshp.profiling.benchmark.run_benchmark`` result on some device), beside the paper's V100 row."""
     paper = {r["method"]: r for r in paper_results()["complexity_table5"]["rows"]}
     rows = []
     for c in complexities:

@@ -346,7 +346,7 @@ def reproduce(profile: str = "demo", *, out_dir: str | Path | None = None, data_
 def measure_table5(profile: str | ReproducePlan, *, ways: int = 5, device: str = "auto",
                    log: Callable[[str], None] | None = None) -> dict:
     """Table 5 on this machine: every method's parameters and inference GMACs (one query + one support, ``ways``
-    support classes) and its measured pairs per second (``oshp.benchmark``), at the plan's image size; with the
+    support classes) and its measured pairs per second (``oshp.profiling.benchmark``), at the plan's image size; with the
     paper's backbones unless the plan says otherwise (smoke: its own small ones)."""
 
     plan = get_plan(profile)
