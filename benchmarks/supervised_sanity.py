@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from oshp.data.layout import ReleaseLayoutDataset, read_dataset_meta
-from oshp.data.synthetic import generate_synthetic
+from oshp.data.synth.generate import generate_synthetic
 from oshp.data.vocab import merge_labels
 
 

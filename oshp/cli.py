@@ -48,7 +48,7 @@ def _add_pair_rule_args(p, what: str) -> None:
 
 def _run_synth(args) -> int:
     from .data.layout import write_dataset_meta
-    from .data.synthetic import generate_synthetic
+    from .data.synth.generate import generate_synthetic
 
     ds = generate_synthetic(args.out, train=args.train, test=args.test, size=args.size, seed=args.seed,
                             workers=args.workers, progress=not args.quiet)

@@ -12,7 +12,7 @@ def tiny_synthetic(tmp_path_factory):
     (the dataset's oshp_dataset.json says so), since 80 images cannot give 150 pairs per class.
     """
     from oshp.data.layout import ReleaseLayoutDataset, write_dataset_meta
-    from oshp.data.synthetic import generate_synthetic
+    from oshp.data.synth.generate import generate_synthetic
 
     root = tmp_path_factory.mktemp("synthetic")
     ds = generate_synthetic(root, train=60, test=80, size=64, seed=3, workers=1, progress=False)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oshp.data.synthetic import generate_synthetic
+from oshp.data.synth.generate import generate_synthetic
 from oshp.data.vocab import ATR, CIHP, LIP
 from oshp.report.plotting import legend_handles, show_samples
 from oshp.data.palette import colorize, label_palette, overlay

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from oshp.cli import main
-from oshp.data.creatures import creature_episode, make_species
+from oshp.data.synth.creatures import creature_episode, make_species
 from oshp.data.episodes import MetaTrainEpisodes
-from oshp.data.pseudo import paste_pseudo_class
+from oshp.data.synth.pseudo import paste_pseudo_class
 from oshp.engine.evaluate import suppress_novel_logits
 from oshp.models.registry import build_model
 from oshp.models.backbone import DeepLabFeatures

@@ -10,7 +10,9 @@ from PIL import Image
 
 from oshp.data.layout import ReleaseLayoutDataset
 from oshp.core.errors import DatasetError
-from oshp.data.synthetic import LEFT_ARM, RIGHT_ARM, generate_synthetic, render_person_image
+from oshp.data.synth.people import LEFT_ARM, RIGHT_ARM
+from oshp.data.synth.generate import generate_synthetic
+from oshp.data.synth.people import render_person_image
 from oshp.data.vocab import ATR, flip_labels
 
 SIZE = 64

@@ -26,7 +26,7 @@ from .pairs import meta_train_pools, support_index_from_dataset
 from .transforms import apply_joint, resize_transform, training_transform
 from .vocab import DatasetSpec, binary_labels, human_mask, present_classes, restrict_to_classes
 from ..core.labels import BACKGROUND, check_way
-from .pseudo import paste_pseudo_class
+from .synth.pseudo import paste_pseudo_class
 from ..core.labels import IGNORE_INDEX
 
 MAX_AUGMENT_TRIES = 5
@@ -139,7 +139,7 @@ class MetaTrainEpisodes(_EpisodeDataset):
 
     ``label_novel=True`` is the oracle, not one-shot: novel classes keep their labels in training (and 1-way trains
     on them too), the upper bound that shows what the testing bias costs. ``pseudo_class_prob`` pastes a random
-    pseudo class into both images of that share of k-way episodes (:mod:`oshp.data.pseudo`).
+    pseudo class into both images of that share of k-way episodes (:mod:`oshp.data.synth.pseudo`).
     """
 
     def __init__(self, ds: ReleaseLayoutDataset, fold: int, *, way: str = "k", size: int = 512,

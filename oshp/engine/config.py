@@ -52,7 +52,7 @@ class TrainConfig:
     label_novel: bool = field(default=False, metadata={"cli": 'the oracle bound, not one-shot: keep the novel classes labelled in meta-training'})
     """The oracle bound (not one-shot): novel classes stay labelled in meta-training."""
     pseudo_class_prob: float = 0.0
-    """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.pseudo)."""
+    """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.synth.pseudo)."""
     val_pairs_per_class: int = field(default=10, metadata={"cli": 'held-out episodes per class scored after every epoch'})
     """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
     workers: int = field(default=0, metadata={"cli": 'data-loader processes'})

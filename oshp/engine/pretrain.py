@@ -4,7 +4,7 @@ The paper starts EOP-Net from a COCO-pretrained DeepLab; no pretrained weights c
 trained from scratch in minutes on the human data learns to call every novel class background (the testing bias in
 its purest form; ``../shared/reference/synthetic-calibration.md``). ``oshp pretrain`` instead trains the embedding
 network (timm backbone + DeepLabV3+-style fusion, :class:`oshp.models.backbone.DeepLabFeatures`) on one-shot episodes
-of procedurally generated part-based creatures (:mod:`oshp.data.creatures`): random species, random colours, random
+of procedurally generated part-based creatures (:mod:`oshp.data.synth.creatures`): random species, random colours, random
 poses, no human classes. The model is EOP-Net's nearest-prototype path (cosine maps against masked-average
 prototypes, the NPM head) with the prototype contrastive loss; dynamic prototypes are off because class slots mean
 nothing across episodes. Only the embedding network is kept: ``oshp train --backbone-weights FILE`` loads it.
@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import PretrainConfig
-from ..data.creatures import CreatureEpisodes
+from ..data.synth.creatures import CreatureEpisodes
 from ..data.episodes import collate_episodes
 from .run import atomic_save
 from ..core.env import device_name, resolve_device, seed_everything, versions

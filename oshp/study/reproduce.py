@@ -22,7 +22,7 @@ from ..core.errors import DatasetError
 from ..models.registry import METHODS
 from ..report.figures import write_results
 from ..data.layout import ReleaseLayoutDataset, write_dataset_meta
-from ..data.synthetic import generate_synthetic
+from ..data.synth.generate import generate_synthetic
 from ..engine.config import make_config
 from ..engine.run import metrics_name
 from ..engine.evaluate import run_metrics

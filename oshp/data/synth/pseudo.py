@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .creatures import shape_points, make_species
-from .synthetic import hsv_colour, random_material, shading
+from .draw import hsv_colour, random_material, shading
 
 __all__ = ["paste_pseudo_class"]
 

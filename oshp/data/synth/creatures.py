@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .synthetic import Canvas, draw_background, hsv_colour, random_material, finish_image
+from .draw import Canvas, finish_image, hsv_colour, random_material
+from .scene import draw_background
 
 __all__ = ["Species", "make_species", "render_creature_scene", "creature_episode", "CreatureEpisodes"]
 

@@ -1,0 +1,1 @@
+"""The synthetic data generator: drawing primitives, clothing, scenes, people, the dataset writer, and the part-based\ncreatures and pasted pseudo classes of synthetic pretraining."""
