@@ -375,6 +375,9 @@ def _run_complexity(args) -> int:
 
 def _add_benchmark(sub) -> None:
     from .engine.config import PROFILES
+    from .profiling.settings import BenchmarkSettings
+
+    d = BenchmarkSettings()
 
     p = sub.add_parser(
         "benchmark", help="pairs per second (inference, cached support, training), peak memory, FLOP floor",
@@ -386,22 +389,22 @@ def _add_benchmark(sub) -> None:
                     "the measured time over it. On CUDA the fast path (bf16 autocast, channels-last) is used and "
                     "checked against fp32. Writes JSON (--out) and prints a Markdown table. Timings depend on what "
                     "else the machine runs.")
-    p.add_argument("--profile", choices=tuple(PROFILES), default="demo")
-    p.add_argument("--method", default="all", help="a method of the registry, or all (default)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default: %(default)s)")
+    p.add_argument("--profile", choices=tuple(PROFILES), default=d.profile)
+    p.add_argument("--method", default=d.method, help="a method of the registry, or all (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="query and support side (default: the profile's; "
                    "512 for paper)")
-    p.add_argument("--ways", type=int, default=5, help="support classes k (default: %(default)s)")
-    p.add_argument("--batch-sizes", default="1,2,4,8,16", help="inference batch sizes to try (default: %(default)s); "
+    p.add_argument("--ways", type=int, default=d.ways, help="support classes k (default: %(default)s)")
+    p.add_argument("--batch-sizes", default=",".join(map(str, d.batch_sizes)), help="inference batch sizes to try (default: %(default)s); "
                    "the sweep stops at the first out-of-memory or when --sweep-budget would run out")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: %(default)s)")
-    p.add_argument("--iters", type=int, default=10, help="timed calls per measurement at most (default: %(default)s)")
-    p.add_argument("--max-time", type=float, default=20.0, help="seconds of timed calls per measurement at most "
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed calls before each measurement (default: %(default)s)")
+    p.add_argument("--iters", type=int, default=d.iters, help="timed calls per measurement at most (default: %(default)s)")
+    p.add_argument("--max-time", type=float, default=d.max_time_s, help="seconds of timed calls per measurement at most "
                    "(default: %(default)s)")
-    p.add_argument("--sweep-budget", type=float, default=120.0, help="seconds per batch-size sweep (default: "
+    p.add_argument("--sweep-budget", type=float, default=d.sweep_budget_s, help="seconds per batch-size sweep (default: "
                    "%(default)s)")
     p.add_argument("--train-batch", type=int, default=None, help="episodes per training step (default: the profile's)")
-    p.add_argument("--train-steps", type=int, default=3, help="timed training steps (default: %(default)s; 0 skips "
+    p.add_argument("--train-steps", type=int, default=d.train_steps, help="timed training steps (default: %(default)s; 0 skips "
                    "the training measurement)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too (no bf16 autocast, no channels-last)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (default off)")
@@ -410,9 +413,9 @@ def _add_benchmark(sub) -> None:
                    "CUDA, 2048 on the CPU)")
     p.add_argument("--check-run", type=Path, default=None, help="trained run folder (or checkpoint): check the fast "
                    "path on its model and meta-test episodes (default: the random-weight model, uninformative)")
-    p.add_argument("--check-episodes", type=int, default=8, help="episodes of the fast-path check (default: "
+    p.add_argument("--check-episodes", type=int, default=d.fast_check_episodes, help="episodes of the fast-path check (default: "
                    "%(default)s)")
-    p.add_argument("--note", default="", help="free text saved in the JSON, e.g. what else the machine was running")
+    p.add_argument("--note", default=d.note, help="free text saved in the JSON, e.g. what else the machine was running")
     p.add_argument("--out", type=Path, required=True, help="JSON file to write")
     p.set_defaults(func=_run_benchmark)
 

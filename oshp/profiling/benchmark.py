@@ -38,7 +38,6 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -49,7 +48,7 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from .complexity import count_parameters
 from ..models.registry import METHODS, build_model, get_method
-from ..engine.config import PROFILES, TrainConfig, make_config
+from ..engine.config import TrainConfig, make_config
 from ..core.env import device_name, resolve_device, versions
 from ..data.episodes import MetaTestEpisodes, collate_episodes
 from ..data.layout import ReleaseLayoutDataset
@@ -58,78 +57,20 @@ from ..engine.run import load_run_model
 from ..core.io import atomic_write_json
 from ..metrics import mean_iou
 from ..models.dummy import ATR, band_episode
+from .settings import BenchmarkSettings
 
 __all__ = [
-    "BenchmarkSettings", "DEFAULT_BATCH_SIZES", "FAST_PATH_TOLERANCE", "measure_peak_flops",
+    "FAST_PATH_TOLERANCE", "measure_peak_flops",
     "flop_counter", "inference_flops", "train_step_flops", "fast_path_check", "check_run_episodes", "run_benchmark",
     "format_table", "write_benchmark",
 ]
 
-DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16)
 FAST_PATH_TOLERANCE = {"min_pixel_agreement": 0.99, "max_miou_diff_points": 1.0, "tie_margin": 0.05,
                        "min_decided_fraction": 0.5}
 """The fast path passes when at least 99 % of the decided pixels get the fp32 label and the mIoU (all pixels) moves
 by at most 1 point. A pixel is decided when its two best fp32 logits are more than ``tie_margin`` apart: bf16 moves
 logits of order 10 by a few hundredths, so closer calls are coin tosses under any rounding. With fewer than half the
 pixels decided (random weights: EOP-Net's cosines all lie near 1) the check is uninformative and ``passed`` is None."""
-
-
-@dataclass
-class BenchmarkSettings:
-    """What to measure and how long to try. ``None`` fields take the profile's value."""
-
-    profile: str = "demo"
-    method: str = "all"
-    """A method of :data:`oshp.models.registry.METHODS`, or "all"."""
-    device: str = "auto"
-    image_size: int | None = None
-    """Query and support side; default: the profile's ``image_size`` (512 for ``paper``)."""
-    ways: int = 5
-    """k, the support classes of every synthetic episode."""
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    warmup: int = 2
-    """Untimed calls before each measurement (the first also counts the FLOPs, unless the model is compiled)."""
-    iters: int = 10
-    """Timed calls per measurement at most."""
-    max_time_s: float = 20.0
-    """A measurement stops timing once it has run this long (at least one timed call)."""
-    sweep_budget_s: float = 120.0
-    """A batch-size sweep tries no larger batch once the next one would end past this budget."""
-    train_batch: int | None = None
-    """Episodes per training step; default: the profile's ``batch_size``."""
-    train_steps: int = 3
-    amp: bool | None = None
-    """bf16 autocast + channels-last on CUDA (default: the profile's ``amp``); never on the CPU."""
-    compile: bool = False
-    """``torch.compile`` the model (off by default; on the CPU it only adds compile time)."""
-    threads: int | None = None
-    """CPU intra-op threads (default: torch's)."""
-    peak_matmul_n: int | None = None
-    """Side of the square matmul that measures the device's peak (default 8192 on CUDA, 2048 on the CPU)."""
-    fast_check_episodes: int = 8
-    check_run: str | None = None
-    """A trained run folder (or checkpoint): the fast-path check uses its model and meta-test episodes."""
-    seed: int = 0
-    note: str = ""
-    """Free text saved with the result, e.g. what else was running."""
-
-    def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; choose one of {', '.join(PROFILES)}")
-        if self.method != "all":
-            get_method(self.method)
-        self.batch_sizes = tuple(sorted({int(b) for b in self.batch_sizes}))
-        if not self.batch_sizes or self.batch_sizes[0] < 1:
-            raise ValueError(f"batch sizes must be positive integers, got {self.batch_sizes}")
-        for name in ("ways", "iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.train_steps < 0:
-            raise ValueError(f"train_steps must be 0 (skip the training measurement) or more, got {self.train_steps}")
-        if self.warmup < 0:
-            raise ValueError(f"warmup must be 0 or more, got {self.warmup}")
-        if self.image_size is not None and self.image_size < 32:
-            raise ValueError(f"image_size must be at least 32 px, got {self.image_size}")
 
 
 def _fast_inputs(batch: dict[str, torch.Tensor], channels_last: bool) -> dict[str, torch.Tensor]:
