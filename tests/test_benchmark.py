@@ -14,14 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from oshp.profiling.benchmark import (
-    check_run_episodes,
-    fast_path_check,
-    flop_counter,
-    inference_flops,
-    run_benchmark,
-    train_step_flops,
-)
+from oshp.profiling.benchmark import run_benchmark
+from oshp.profiling.fastpath import check_run_episodes, fast_path_check
+from oshp.profiling.flops import flop_counter, inference_flops, train_step_flops
 from oshp.models.dummy import band_episode
 from oshp.cli import main
 from oshp.models.registry import METHODS

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from ..models.registry import build_model, get_method
 from ..models.dummy import band_episode
+from .flops import flop_counter
 
 __all__ = ["count_parameters", "parameter_summary", "count_macs", "complexity"]
 
@@ -46,7 +47,7 @@ def count_macs(model: nn.Module, *inputs: Any, **kwargs: Any) -> float:
 
 
 def _count(model: nn.Module, inputs: tuple, kwargs: Mapping[str, Any]) -> tuple[float, FlopCounterMode]:
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter()  # the same counter as the benchmark's (grouped-convolution backward corrected)
     with torch.no_grad(), counter:
         model(*inputs, **kwargs)
     return counter.get_total_flops() / 2 / 1e9, counter
