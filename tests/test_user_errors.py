@@ -263,3 +263,21 @@ def test_train_help_names_profiles_budgets_and_methods(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for word in ("quick:", "smoke:", "about 20 minutes", "eopnet", "pfenet", "popnet"):
         assert word in out
+
+
+def test_a_mismatched_checkpoint_is_summarised_in_one_line(tmp_path):
+    import torch
+
+    from oshp.core.errors import DatasetError
+    from oshp.engine.config import make_config
+    from oshp.engine.run import load_model_state, model_from_config
+
+    model = model_from_config(make_config("smoke"), 18)
+    state = dict(model.state_dict())
+    dropped = next(iter(state))
+    del state[dropped]
+    state["stray.weight"] = torch.zeros(1)
+    with pytest.raises(DatasetError) as err:
+        load_model_state(model, state, tmp_path / "checkpoint.pt")
+    text = str(err.value)
+    assert "\n" not in text and f"1 missing keys (first: {dropped})" in text and "1 unexpected keys" in text

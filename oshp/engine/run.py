@@ -27,17 +27,9 @@ from ..core.env import resolve_device
 from .config import TrainConfig, config_from_dict
 
 CHECKPOINT = "checkpoint.pt"
-
-
 CONFIG = "config.json"
-
-
 LOG = "log.jsonl"
-
-
 SUMMARY = "train.json"
-
-
 CHECKPOINT_FORMAT = "oshp-checkpoint-1"
 
 
@@ -71,11 +63,18 @@ def model_from_config(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise DatasetError(f"checkpoint {path} does not match the model its config describes ({err}); "
-                           f"was config.json edited, or the checkpoint copied from another run?") from err
+    """Load a checkpoint's weights strictly; a mismatch is summarised in one line (torch lists every key)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+                 (("missing keys", missing), ("unexpected keys", unexpected), ("tensors of another shape", reshaped))
+                 if keys]
+        raise DatasetError(f"checkpoint {path} does not match the model its config describes: {'; '.join(parts)}; "
+                           f"was config.json edited, or the checkpoint copied from another run?")
+    model.load_state_dict(state, strict=True)
 
 
 def run_files(folder: str | Path) -> list[str]:

@@ -5,14 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 BACKBONE_FILE = "backbone.pt"
-
-
 BACKBONE_FORMAT = "oshp-backbone-1"
-
-
 SHIPPED_DIR = Path(__file__).parent.parent / "weights"
-
-
 SHIPPED = {"mobilenetv3_small_100": "synthetic_mobilenetv3_small_100.pt"}
 """Backbones with a synthetic-pretrained checkpoint shipped in the package (``--backbone-weights synthetic``)."""
 

@@ -24,14 +24,8 @@ LEFT_SHOE, RIGHT_SHOE, FACE, LEFT_LEG, RIGHT_LEG, LEFT_ARM, RIGHT_ARM, BAG, SCAR
 
 # A person faces the viewer, so the person's left side (+1) is on the image's right.
 _ARM = {+1: LEFT_ARM, -1: RIGHT_ARM}
-
-
 _LEG = {+1: LEFT_LEG, -1: RIGHT_LEG}
-
-
 _SHOE = {+1: LEFT_SHOE, -1: RIGHT_SHOE}
-
-
 _HEIGHT_UNITS = 7.1  # a person is about 7 head heights tall (slightly big-headed, so small parts stay visible)
 
 
