@@ -35,7 +35,7 @@ from ..core.schedule import poly_lr
 from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOG, SUMMARY, atomic_save, load_checkpoint, load_model_state, model_from_config, run_files
 from ..data.pairs import default_test_pairs, first_pairs_per_class
 from .evaluate import evaluate_episodes
-from .step import train_step
+from .step import make_optimizer, train_step
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -78,16 +78,10 @@ class Trainer:
         self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
         if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = self._make_optimizer(cfg.lr)
+        self.optimizer = make_optimizer(self.model.parameters(), cfg, cfg.lr)
         self.start_epoch = 0
         self.history: list[dict] = []
         self.val_episodes = self._validation_episodes()
-
-    def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        if self.cfg.optimizer == "adamw":
-            return torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=self.cfg.weight_decay)
-        return torch.optim.SGD(self.model.parameters(), lr=lr, momentum=self.cfg.momentum,
-                               weight_decay=self.cfg.weight_decay)
 
     def _validation_episodes(self) -> MetaTestEpisodes | None:
         if self.cfg.val_pairs_per_class <= 0:
@@ -163,7 +157,7 @@ class Trainer:
             seed_everything(cfg.seed * 1000 + epoch)  # augmentation draws depend on (seed, epoch) only
             self.episodes.set_epoch(epoch)
             if cfg.lr_schedule == "release" and epoch % 10 == 9:  # the release re-creates SGD: momentum reset
-                self.optimizer = self._make_optimizer(self._lr(epoch, 0, 1))
+                self.optimizer = make_optimizer(self.model.parameters(), cfg, self._lr(epoch, 0, 1))
             record = self._train_epoch(model, epoch)
             if self.val_episodes is not None:
                 record.update(self.validate())

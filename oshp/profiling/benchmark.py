@@ -49,8 +49,9 @@ from ..models.dummy import ATR, band_episode
 from .settings import BenchmarkSettings
 from .device import autocast_if, channels_last_inputs, free_memory, is_oom, memory_kind, peak_memory_mb, reset_peak_memory
 from .fastpath import check_run_episodes, fast_path_check
-from .flops import measure_peak_flops, profile_train_step
+from .flops import measure_peak_flops
 from .timing import best_record, sweep_batch_sizes, time_calls
+from ..engine.step import make_optimizer, train_step
 
 __all__ = ["run_benchmark", "format_table", "write_benchmark"]
 
@@ -184,14 +185,12 @@ def _bench_train(name: str, cfg: TrainConfig, s: BenchmarkSettings, train_batch:
     if fast:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if s.compile else model
-    if cfg.optimizer == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model.parameters(), cfg, cfg.lr)
     batch = batch_of(train_batch)
     reset_peak_memory(device)
-    step = partial(profile_train_step, net, batch, opt, cfg.epochs, device, fast)
-    count = partial(profile_train_step, model, batch, opt, cfg.epochs, device, fast) if s.compile else step
+    step = partial(train_step, net, opt, batch, device=device, lr=cfg.lr, autocast=fast, max_epoch=cfg.epochs)
+    count = partial(train_step, model, opt, batch, device=device, lr=cfg.lr, autocast=fast,
+                    max_epoch=cfg.epochs) if s.compile else step
     timing = time_calls(step, device, warmup=max(s.warmup, 1), iters=s.train_steps, max_time_s=s.max_time_s,
                          count=count)
     record = {"batch": train_batch, "optimizer": cfg.optimizer, "steps": timing["calls"],

@@ -10,7 +10,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
-from .device import autocast_if, sync
+from .device import sync
+from ..engine.step import train_step
 
 
 # ----------------------------------------------------------------------------------------------- floor
@@ -93,21 +94,6 @@ def inference_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, c
                                     support_human=batch["support_human"]))[1]
 
 
-def profile_train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
-                max_epoch: int, device: torch.device, fast: bool) -> torch.Tensor:
-    with autocast_if(device, fast):
-        out = model(batch["query_image"], batch["support_image"], batch["support_label"],
-                    support_human=batch["support_human"], query_label=batch["query_label"],
-                    query_human=batch["query_human"], epoch=0, max_epoch=max_epoch)
-    loss = out["loss"]
-    if optimizer is not None:
-        optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if optimizer is not None:
-        optimizer.step()
-    return loss
-
-
 def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], max_epoch: int = 1) -> float:
     """FLOPs (conv + matmul) of one training step on ``batch``: forward and backward, counted together.
 
@@ -116,4 +102,4 @@ def train_step_flops(model: torch.nn.Module, batch: dict[str, torch.Tensor], max
     """
     model.train()
     device = batch["query_image"].device
-    return count_flops(lambda: profile_train_step(model, batch, None, max_epoch, device, False))[1]
+    return count_flops(lambda: train_step(model, None, batch, device=device, max_epoch=max_epoch))[1]
