@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Mapping
+from typing import Literal
 
 import timm
 import torch
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["DeepLabFeatures", "TimmFeatures", "SeparableConvBlock", "ConvBNReLU", "create_body", "load_checkpoint_file",
-           "load_timm_state"]
+           "load_timm_state", "set_batchnorm_eps", "rectify_residual_inputs", "tap_before_activation"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -169,6 +170,58 @@ def load_timm_state(body: nn.Module, sd: Mapping[str, torch.Tensor], path: str |
     body.load_state_dict(mapped, strict=True)
 
 
+def set_batchnorm_eps(body: nn.Module, eps: float) -> int:
+    """Set the epsilon of every BatchNorm in ``body`` (returns how many); weights are untouched."""
+    norms = [m for m in body.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.eps = float(eps)
+    return len(norms)
+
+
+def _rectify_input(module: nn.Module, args: tuple) -> tuple:
+    return (F.relu(args[0]),) + tuple(args[1:])
+
+
+def rectify_residual_inputs(body: nn.Module, name: str = "backbone") -> int:
+    """Feed relu(x) to every Xception block that starts with an activation, so that its residual branch adds relu(x).
+
+    The block's own first ReLU then sees an already rectified tensor (ReLU is idempotent), so the main branch is
+    unchanged; only the shortcut differs. This is what the release's in-place ReLU does to its block inputs.
+    """
+    blocks = [m for m in body.modules()
+              if hasattr(m, "stack") and hasattr(m, "shortcut") and isinstance(getattr(m, "stack"), nn.Sequential)]
+    starting = [m for m in blocks if len(m.stack) and isinstance(m.stack[0], nn.ReLU)]
+    if not starting:
+        raise ValueError(f"residual_input='rectified' needs an aligned-Xception backbone (timm XceptionModule blocks "
+                         f"that start with a ReLU); {name!r} has none")
+    for block in starting:
+        block.register_forward_pre_hook(_rectify_input)
+    return len(starting)
+
+
+def _record_input(module: nn.Module, args: tuple) -> None:
+    module.recorded_input = args[0]
+
+
+def tap_before_activation(body: nn.Module, feature_module: str, name: str = "backbone") -> str:
+    """Make the activation layer ``feature_module`` (a timm feature hook point) record its input; returns its path.
+
+    timm returns that layer's output (after the ReLU); the release reads the tensor before it. The layer is made
+    out-of-place so that the recorded tensor keeps its pre-activation values (and autograd its graph); read it from
+    the layer's ``recorded_input`` after a forward.
+    """
+    modules = dict(body.named_modules())
+    path = feature_module if feature_module in modules else feature_module.replace(".", "_", 1)
+    layer = modules.get(path)
+    if not isinstance(layer, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Hardswish)):
+        raise ValueError(f"low_level_tap='pre-activation' needs a stride-4 feature taken at an activation layer (as "
+                         f"in xception65); {name!r} takes it at {feature_module!r} ({type(layer).__name__})")
+    if hasattr(layer, "inplace"):
+        layer.inplace = False
+    layer.register_forward_pre_hook(_record_input)
+    return path
+
+
 class TimmFeatures(nn.Module):
     """A timm backbone returning several feature levels, for contenders built on their own networks' features.
 
@@ -218,6 +271,18 @@ class DeepLabFeatures(nn.Module):
         output_stride: 16 as in the paper; passed only where the timm model supports it.
         low_level_channels: width of the projected low-level map (48 in DeepLabV3+ and the release).
         out_channels: width of the fused map (256 in the paper).
+        bn_eps: BatchNorm epsilon of every BatchNorm in the timm body; None keeps the model's own (timm's
+            ``xception65``: 1e-3). The authors' (DeepLab) Xception uses 1e-5.
+        residual_input: what an Xception block's residual branch adds: ``"input"`` (timm: the block input x) or
+            ``"rectified"`` (relu(x): the release's blocks start with an in-place ReLU that also rectifies the
+            tensor their shortcut reads). Only for backbones built of timm's ``XceptionModule``.
+        low_level_tap: ``"activated"`` (timm's stride-4 feature, after the ReLU that follows it) or
+            ``"pre-activation"`` (the same tensor before that ReLU, where the release taps it). The latter needs a
+            stride-4 feature that is an activation layer inside a block (as in ``xception65``).
+        fusion_align_corners: ``align_corners`` of the stride-16 -> stride-4 upsampling (the release: True).
+
+    The last four change what the network computes, never its weights, so they can differ between training and
+    evaluation; :func:`oshp.models.release.release_backbone_options` gives the release's values.
     """
 
     out_channels: int = 256
@@ -230,10 +295,15 @@ class DeepLabFeatures(nn.Module):
         output_stride: int = 16,
         low_level_channels: int = 48,
         out_channels: int = 256,
+        bn_eps: float | None = None,
+        residual_input: Literal["input", "rectified"] = "input",
+        low_level_tap: Literal["activated", "pre-activation"] = "activated",
+        fusion_align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.name = name
         self.out_channels = out_channels
+        self.fusion_align_corners = bool(fusion_align_corners)
         body, self.output_stride = create_body(name, pretrained=pretrained and weights is None,
                                                output_stride=output_stride)
         self.body = body
@@ -246,6 +316,17 @@ class DeepLabFeatures(nn.Module):
         else:  # no exact stride-4 map: the finest map not coarser than stride 4, else the finest there is
             ge4 = [i for i, r in enumerate(reductions) if r >= 4]
             self.low_index = ge4[0] if ge4 else 0
+        if bn_eps is not None:
+            set_batchnorm_eps(body, bn_eps)
+        if residual_input == "rectified":
+            rectify_residual_inputs(body, name)
+        elif residual_input != "input":
+            raise ValueError(f"residual_input must be 'input' or 'rectified', not {residual_input!r}")
+        self.tap_path: str | None = None
+        if low_level_tap == "pre-activation":
+            self.tap_path = tap_before_activation(body, body.feature_info.module_name()[self.low_index], name)
+        elif low_level_tap != "activated":
+            raise ValueError(f"low_level_tap must be 'activated' or 'pre-activation', not {low_level_tap!r}")
         self.high_index = len(reductions) - 1
         self.low_reduction = reductions[self.low_index]
         self.high_reduction = reductions[self.high_index]
@@ -291,8 +372,16 @@ class DeepLabFeatures(nn.Module):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W RGB image in [0, 1] -> B x 256 x H/4 x W/4 features (g = G(I; theta) of section 4.1)."""
-        feats = self.body((x - self.pixel_mean) / self.pixel_std)
+        feats = self.features(x)
         low = self.low_proj(feats[self.low_index])
         high = self.high_proj(feats[self.high_index])
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.fusion_align_corners)
         return self.fuse(torch.cat([high, low], dim=1))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The body's feature maps of an RGB image in [0, 1], with the low-level map where ``low_level_tap`` says."""
+        feats = list(self.body((x - self.pixel_mean) / self.pixel_std))
+        if self.tap_path is not None:
+            layer = self.body.get_submodule(self.tap_path)
+            feats[self.low_index], layer.recorded_input = layer.recorded_input, None
+        return feats

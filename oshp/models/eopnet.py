@@ -116,6 +116,24 @@ class EOPNetConfig:
     """Average prototype-memory updates across torch.distributed ranks after each training forward."""
     align_corners: bool = False
     """Bilinear upsampling of logits to the input size (the release uses True)."""
+    # --- the release's computation where it differs from oshp's with the same weights (no weights change, so these
+    # --- are test-time options too; release-parity fixture, docs/release.md)
+    bn_eps: float | None = None
+    """BatchNorm epsilon in the backbone body; None keeps timm's (1e-3 for xception65); the release: 1e-5."""
+    residual_input: Literal["input", "rectified"] = "input"
+    """What an Xception block's residual adds: its input x (timm) or relu(x) (the release's in-place ReLU)."""
+    low_level_tap: Literal["activated", "pre-activation"] = "activated"
+    """The stride-4 low-level feature after its ReLU (timm) or before it (the release)."""
+    fusion_align_corners: bool = False
+    """align_corners of the stride-16 -> stride-4 upsampling in the fusion (the release: True)."""
+    background_mean: Literal["support", "all-ids"] = "support"
+    """k-way NPM and AGM background: mean over the support's classes (eqs. 6 and 8), or over every class id 1..C-1
+    with the ids absent from the support counted as cosine 0 (the release's fixed divisor C-1)."""
+    agm_absent: Literal["bias", "plain-features"] = "bias"
+    """With restrict_to_support=False, the AGM logit of an id absent from the support: the classifier's bias (a
+    constant) or the head run on the plain query features, r = h (the release)."""
+    agm_adds_features: bool = True
+    """r_c = m_c h + h (eq. 5); False: r_c = m_c h, the release's 1-way AGM."""
 
     def __post_init__(self) -> None:
         if self.way not in ("k", "1"):
@@ -132,20 +150,37 @@ class EOPNetConfig:
             raise ValueError(f"test_prototypes must be 'memory' or 'static', not {self.test_prototypes!r}")
         if self.foreground_screening and not self.multi_task:
             raise ValueError("foreground_screening needs the coarse space: set multi_task=True")
+        choices = {"residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
+                   "background_mean": ("support", "all-ids"), "agm_absent": ("bias", "plain-features")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
+        if self.background_mean == "all-ids" and self.way == "1":
+            raise ValueError("background_mean='all-ids' is the release's k-way background; 1-way episodes have one "
+                             "class, so use 'support'")
 
     @classmethod
     def release_compat(cls, **overrides: object) -> "EOPNetConfig":
-        """Behaviour of the authors' release (facts sections 3 and 6), where it differs from the paper.
+        """What the authors' release computes (facts sections 3 and 6; the release-parity fixture), where it differs
+        from the paper, so that its converted checkpoints (`oshp convert-release`) give its outputs.
 
         ``warmup_epochs=26`` (the release's ``epoch <= prototype_warmup`` with 25 keeps epochs 0..25 static),
         ``test_prototypes="memory"``, ``foreground_screening=True``, ``restrict_to_support=False``,
-        ``mask_downsample="nearest"``, ``align_corners=True``, ``eval_agm=True``. Release bugs (the coarse space's
-        epoch-as-warm-up flag, the NPM background mean over all ids) are not reproduced.
+        ``mask_downsample="nearest"``, ``align_corners=True``, ``eval_agm=True``; and its network: ``bn_eps=1e-5``,
+        ``residual_input="rectified"``, ``low_level_tap="pre-activation"``, ``fusion_align_corners=True``,
+        ``agm_absent="plain-features"``, and per way ``background_mean="all-ids"`` (k-way) or
+        ``agm_adds_features=False`` (1-way). The coarse space's epoch-as-warm-up flag is not reproduced: at test
+        time the release's coarse space is static, which ``test_prototypes="memory"`` gives for a converted
+        checkpoint (its coarse memory is marked never updated).
         """
-        base = dict(warmup_epochs=26, test_prototypes="memory", foreground_screening=True, restrict_to_support=False,
-                    mask_downsample="nearest", align_corners=True, eval_agm=True)
+        one_way = str(overrides.get("way", cls.way)) == "1"
+        base: dict = dict(warmup_epochs=26, test_prototypes="memory", foreground_screening=True,
+                          restrict_to_support=False, mask_downsample="nearest", align_corners=True, eval_agm=True,
+                          bn_eps=1e-5, residual_input="rectified", low_level_tap="pre-activation",
+                          fusion_align_corners=True, agm_absent="plain-features")
+        base.update(dict(agm_adds_features=False) if one_way else dict(background_mean="all-ids"))
         base.update(overrides)
-        return cls(**base)  # type: ignore[arg-type]
+        return cls(**base)
 
     @classmethod
     def ablation(cls, row: str, **overrides: object) -> "EOPNetConfig":
@@ -200,13 +235,15 @@ class EOPNet(EpisodeModel):
         super().__init__(cfg.num_classes, cfg.way)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,
-                                        output_stride=cfg.output_stride)
+                                        output_stride=cfg.output_stride, bn_eps=cfg.bn_eps,
+                                        residual_input=cfg.residual_input, low_level_tap=cfg.low_level_tap,
+                                        fusion_align_corners=cfg.fusion_align_corners)
         c, d = self.backbone.out_channels, cfg.embed_dim
         self.fine_proj = nn.Conv2d(c, d, 1)  # f_2 of eq. 1
         self.fine_memory = PrototypeMemory(cfg.num_classes, d, cfg.alpha, cfg.warmup_epochs, cfg.test_prototypes,
                                            enabled=cfg.dynamic_prototypes)
         self.npm = NPMHead(cfg.npm_scale_init) if cfg.use_npm else None
-        self.agm = AGMHead(d, cfg.agm_trunk) if cfg.use_agm else None
+        self.agm = AGMHead(d, cfg.agm_trunk, cfg.agm_adds_features) if cfg.use_agm else None
         if cfg.multi_task:
             self.coarse_proj = nn.Conv2d(c, d, 1)  # f_1 of eq. 1
             # slot 1 = human (slot 0, background, is unused: no background prototype is built, section 4.2)
@@ -390,16 +427,23 @@ class EOPNet(EpisodeModel):
         out: dict[str, object] = {"beta": beta if training else (0.0 if self.npm is not None else 1.0),
                                   "classes": [tuple(ids) for ids in classes]}
         # --- NPM (eqs. 8-9)
+        num_ids = self.num_classes - 1 if cfg.background_mean == "all-ids" else None
         if self.npm is not None:
-            fg, bg = self.npm(sims_t, group, n)
+            fg, bg = self.npm(sims_t, group, n, num_ids)
             fill = LOW_LOGIT if cfg.restrict_to_support else self.npm.absent_logit()
             out["npm"] = self.upsample(self.scatter_logits(fg, bg, group, channel, fill), size_in, cfg.align_corners)
         # --- AGM (eqs. 5-7): in training while beta > 0 (or when it is the only head); never at eval unless asked
         run_agm = self.agm is not None and (
             (training and (beta > 0 or self.npm is None)) or (not training and (self.npm is None or cfg.eval_agm)))
         if run_agm:
-            fg, bg = self.agm(hq.index_select(0, group), sims_t, group, n)
-            fill = LOW_LOGIT if cfg.restrict_to_support else self.agm.absent_logit()
+            fill: torch.Tensor | float
+            if num_ids is not None or (cfg.agm_absent == "plain-features" and not cfg.restrict_to_support):
+                fg, bg, plain = self.agm.forward_with_absent(hq, sims_t, group, n, num_ids)
+                fill = plain if cfg.agm_absent == "plain-features" else self.agm.absent_logit()
+            else:
+                fg, bg = self.agm(hq.index_select(0, group), sims_t, group, n)
+                fill = self.agm.absent_logit()
+            fill = LOW_LOGIT if cfg.restrict_to_support else fill
             out["agm"] = self.upsample(self.scatter_logits(fg, bg, group, channel, fill), size_in, cfg.align_corners)
 
         # --- coarse space: human vs background, AGM only (beta = 1)

@@ -195,10 +195,12 @@ class EpisodeModel(nn.Module):
 
     def scatter_logits(self, fg: torch.Tensor, bg: torch.Tensor, group: torch.Tensor, channel: torch.Tensor,
                        fill: torch.Tensor | float = LOW_LOGIT) -> torch.Tensor:
-        """P x h x w class scores and B x h x w background scores -> B x num_outputs x h x w logits (absent: fill)."""
+        """P x h x w class scores and B x h x w background scores -> B x num_outputs x h x w logits (absent: fill,
+        a number or a B x h x w map)."""
         n, (h, w) = bg.shape[0], bg.shape[-2:]
         fill_t = torch.as_tensor(fill, dtype=bg.dtype, device=bg.device)
-        out = fill_t.reshape(1, 1, 1, 1).expand(n, self.num_outputs, h, w).clone()
+        fill_t = fill_t.reshape(n, 1, h, w) if fill_t.dim() == 3 else fill_t.reshape(1, 1, 1, 1)
+        out = fill_t.expand(n, self.num_outputs, h, w).clone()
         out = out.index_put((group, channel), fg.to(out.dtype))
         return torch.cat([bg.unsqueeze(1).to(out.dtype), out[:, 1:]], dim=1)
 
