@@ -294,22 +294,62 @@ def _add_evaluate(sub) -> None:
                    help="a test-time model option for this evaluation only, e.g. test_prototypes=static (every class "
                    "from the support: strict one-shot) or foreground_screening=true (the release's screening); "
                    "written to RUN/metrics_KEY-VALUE.json")
+    p.add_argument("--binary-every", type=int, default=None, metavar="N",
+                   help="1-way Binary-IoU pools every N-th pair (default: 1; 10 for a converted release checkpoint, "
+                   "as the release scores it)")
+    p.add_argument("--gt-classes", choices=("support", "model"), default=None,
+                   help="k-way query ground truth keeps the classes of the support mask (support) or only those the "
+                   "model kept on its feature grid (model, the release's protocol and the default for a converted "
+                   "release checkpoint)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
     from .engine.evaluate import evaluate_run
-    from .engine.run import metrics_name
     from .metrics import format_metrics_table
 
     options = dict(_parse_option(o) for o in args.option)
+    if args.binary_every is not None and args.binary_every < 1:
+        raise CliError(f"--binary-every must be 1 or more, not {args.binary_every}")
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
                           device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel,
-                          static_novel=args.static_novel, options=options)
-    name = metrics_name(args.suppress_novel, args.static_novel, options, args.max_pairs)
-    print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} -> {args.run / name}")
+                          static_novel=args.static_novel, options=options, binary_every=args.binary_every,
+                          gt_classes=args.gt_classes)
+    protocol = ", ".join(f"{key}={value}" for key, value in result["protocol"].items())
+    print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} ({protocol}) -> {result['path']}")
     print(format_metrics_table(result))
+    return 0
+
+
+def _add_convert_release(sub) -> None:
+    p = sub.add_parser(
+        "convert-release", help="turn an EOP-Net checkpoint of the authors' release into an oshp run folder",
+        description="Read a released EOP-Net checkpoint safely (tensors only), map every key onto oshp's EOP-Net "
+                    "(the never-run ASPP/decoder keys are dropped and counted), apply the value changes the two "
+                    "networks need (stem channel order, coarse-head rows, prototype-memory flags), and write an "
+                    "ordinary run folder: OUT/config.json (EOP-Net with release_compat, the release's computation), "
+                    "OUT/checkpoint.pt and OUT/release.json (the account of every key). `oshp evaluate --run OUT` "
+                    "then scores it with the release's protocol; `oshp parse --checkpoint OUT` parses with it.")
+    p.add_argument("checkpoint", type=Path, help="the released .pth file (a state dict)")
+    p.add_argument("--dataset", required=True, choices=("atr", "lip", "cihp"), help="the dataset it was trained on")
+    p.add_argument("--fold", type=int, required=True, choices=(1, 2), help="its fold")
+    p.add_argument("--way", required=True, choices=("k", "1"), help="k-way or 1-way")
+    p.add_argument("--out", type=Path, required=True, help="the run folder to write (must not hold a run)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="the prepared dataset (default: data/DATASET); evaluate can relocate it with --data-root")
+    p.set_defaults(func=_run_convert_release)
+
+
+def _run_convert_release(args) -> int:
+    from .engine.release import RELEASE_REPORT, convert_release
+
+    report = convert_release(args.checkpoint, dataset=args.dataset, fold=args.fold, way=args.way, out=args.out,
+                             data_root=args.data_root)
+    print(f"{args.checkpoint}: {report['mapped']} tensors mapped, {report['dropped']} dropped (the release's "
+          f"never-run ASPP head and decoder), {report['added']} set without a counterpart (identity maps, memory "
+          f"flags); {len(report['dynamic_slots'])} classes use their trained prototype memory")
+    print(f"-> {args.out} (config.json, checkpoint.pt, {RELEASE_REPORT}); next: oshp evaluate --run {args.out}")
     return 0
 
 
@@ -515,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
     for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_pretrain, _add_train, _add_evaluate,
-                _add_parse, _add_complexity, _add_benchmark, _add_reproduce):
+                _add_convert_release, _add_parse, _add_complexity, _add_benchmark, _add_reproduce):
         add(sub)
     return parser
 

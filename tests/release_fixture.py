@@ -67,7 +67,7 @@ def _filled(name: str, seed: int) -> dict[str, np.ndarray]:
     out = {}
     for i, (key, shape, dtype) in enumerate(rows):
         value = _value(key, shape, dtype, i, seed, modules_with_stats, four_d)
-        out[key] = np.ascontiguousarray(value.astype(np.float32 if dtype == "float32" else np.int64))
+        out[key] = np.array(value, dtype=np.float32 if dtype == "float32" else np.int64, order="C")  # keeps 0-d
     return out
 
 
@@ -91,7 +91,8 @@ def checksum_mismatches(name: str, state: dict[str, torch.Tensor]) -> list[str]:
         if key not in state:
             bad.append(key)
             continue
-        raw = np.ascontiguousarray(state[key].numpy()).astype(state[key].numpy().dtype.newbyteorder("<")).tobytes()
+        array = state[key].numpy()
+        raw = array.astype(array.dtype.newbyteorder("<"), order="C").tobytes()
         if hashlib.sha256(raw).hexdigest()[:16] != digest:
             bad.append(key)
     return bad

@@ -1,7 +1,7 @@
 """The package's layers read bottom-up, and the import graph keeps them so (standard library only: ast).
 
     cli > study > report | profiling > engine > metrics | models > data | losses > core
-    inside engine: train | pretrain | parse > evaluate | step > run > config
+    inside engine: train | pretrain | parse > evaluate | step | release > run > config
 
 A module imports only from layers below its own, or from its own folder; layers joined by `|` never import each
 other. Imports inside functions are for what must not load at start-up (the CLI's parser and the method registry
@@ -20,7 +20,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "oshp"
 RANK = {"core": 0, "data": 1, "losses": 1, "metrics": 2, "models": 2, "engine": 3, "report": 4, "profiling": 4,
         "study": 5, "cli": 6}
-ENGINE_RANK = {"config": 0, "run": 1, "evaluate": 2, "step": 2, "train": 3, "pretrain": 3, "parse": 3}
+ENGINE_RANK = {"config": 0, "run": 1, "evaluate": 2, "step": 2, "release": 2, "train": 3, "pretrain": 3, "parse": 3}
 LAZY_ALLOWED = {"oshp.cli", "oshp.models.registry"}
 """Modules that import inside functions on purpose: `oshp --help` and the registry must not load torch."""
 

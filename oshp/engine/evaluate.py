@@ -28,7 +28,40 @@ from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
 from .run import load_run_model, metrics_name
 from ..models.prototypes import PrototypeMemory
-from ..core.labels import IGNORE_INDEX
+from ..core.labels import BACKGROUND, IGNORE_INDEX
+
+
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "oshp": {"binary_every": 1, "gt_classes": "support"},
+    "release": {"binary_every": 10, "gt_classes": "model"},
+}
+"""How the predictions are scored, where the release's scoring differs from oshp's (metric code is the same):
+
+* ``binary_every``: 1-way Binary-IoU pools every pair (oshp) or every 10th pair only (the release);
+* ``gt_classes``: the k-way query ground truth keeps the classes annotated in the support mask (``"support"``) or
+  only those the model kept in its episode (``"model"``, the release: classes that vanish when the support mask is
+  nearest-downsampled to the feature grid become background in the ground truth too).
+
+A run of EOP-Net with ``release_compat`` is scored with the release's protocol by default, every other run with oshp's.
+"""
+
+
+def default_protocol(model_options: dict[str, Any]) -> dict[str, Any]:
+    """The protocol a run is scored with unless told otherwise (see :data:`PROTOCOLS`)."""
+    return dict(PROTOCOLS["release" if model_options.get("release_compat") else "oshp"])
+
+
+def restrict_to_model_classes(target: torch.Tensor, classes: list[tuple[int, ...]] | None, model: torch.nn.Module
+                              ) -> torch.Tensor:
+    """B x H x W ground truth with every class the model left out of its episode made background (gt_classes=model)."""
+    if classes is None:
+        raise ValueError(f"{type(model).__name__} does not report the classes of its episodes, so gt_classes='model' "
+                         f"cannot be applied: evaluate it with gt_classes='support'")
+    out = target.clone()
+    for b, ids in enumerate(classes):
+        keep = torch.as_tensor([BACKGROUND, IGNORE_INDEX, *ids], dtype=target.dtype, device=target.device)
+        out[b][~torch.isin(target[b], keep)] = BACKGROUND
+    return out
 
 
 def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:
@@ -41,7 +74,7 @@ def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.
 @torch.no_grad()
 def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: DatasetSpec, fold: int, way: str,
                       device: torch.device, *, progress: bool = True, fast: bool = False,
-                      suppress_novel: bool = False) -> dict:
+                      suppress_novel: bool = False, binary_every: int = 1, gt_classes: str = "support") -> dict:
     """Run a model over meta-test episodes (batch 1, native resolution) and compute the paper's metrics.
 
     k-way: one confusion matrix over raw ids pooled over all pairs (:func:`kway_metrics`). 1-way: the
@@ -50,11 +83,14 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
 
     ``suppress_novel=True`` is the lower bound of the testing bias: the same model, with background predicted
     wherever it would predict a novel class (novel mIoU 0; base and human mIoU show what that costs).
+    ``binary_every`` and ``gt_classes``: the scoring protocol (:data:`PROTOCOLS`).
     """
+    if gt_classes not in ("support", "model"):
+        raise ValueError(f"gt_classes must be 'support' or 'model', not {gt_classes!r}")
     novel = list(spec.novel_ids(fold))
     model.eval()
     conf = ConfusionMatrix(spec.num_raw_classes)
-    meter = OneWayMeter(spec) if way == "1" else None
+    meter = OneWayMeter(spec, binary_every=binary_every) if way == "1" else None
     loader = DataLoader(episodes, batch_size=1, shuffle=False, collate_fn=collate_episodes)
     iterator = loader
     if progress:
@@ -71,6 +107,8 @@ def evaluate_episodes(model: torch.nn.Module, episodes: MetaTestEpisodes, spec: 
             logits = suppress_novel_logits(logits, novel, int(batch["class_id"][0]) if way == "1" else None)
         pred = logits.argmax(1)
         target = batch["query_label"]
+        if gt_classes == "model" and way == "k":
+            target = restrict_to_model_classes(target, out.get("classes"), model)
         if meter is not None:
             c = int(batch["class_id"][0])
             pred = one_way_to_class(pred, c, out["pred"].shape[1])
@@ -139,8 +177,10 @@ def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int
 def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
                  max_pairs: int | None = None, device: str = "auto", progress: bool = True,
                  suppress_novel: bool = False, static_novel: bool = False, options: dict[str, Any] | None = None,
-                 out: str | Path | None = None) -> dict:
-    """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``).
+                 out: str | Path | None = None, binary_every: int | None = None, gt_classes: str | None = None
+                 ) -> dict:
+    """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``); returns what was
+    written, and its ``path``.
 
     ``suppress_novel``: the lower bound (background wherever a novel class would be predicted), see
     :func:`evaluate_episodes`; it is written to RUN/metrics_suppress_novel.json unless ``out`` says otherwise.
@@ -149,11 +189,17 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     otherwise. For a one-shot run it changes nothing.
     ``options``: test-time model options for this evaluation only (:func:`load_run_model`); the file name says them
     (e.g. RUN/metrics_test_prototypes-static.json).
+    ``binary_every``, ``gt_classes``: the scoring protocol (:data:`PROTOCOLS`); None takes the run's default (the
+    release's for a ``release_compat`` run). A protocol other than the default is said in the file name.
     """
     if suppress_novel and static_novel:
         raise ValueError("choose one of suppress_novel and static_novel: they write different bounds")
     run = Path(run)
     cfg, model, dev, ckpt = load_run_model(run, device=device, options=options)
+    protocol = default_protocol(cfg.model_options)
+    changed = {key: value for key, value in (("binary_every", binary_every), ("gt_classes", gt_classes))
+               if value is not None and value != protocol[key]}
+    protocol.update(changed)
     root = Path(data_root or cfg.data_root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"the dataset of run {run} is not at {root} (where it was when the run trained); pass "
@@ -167,7 +213,7 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         forget_novel_prototypes(model, ds.spec.novel_ids(cfg.fold), ds.spec.num_raw_classes)
     started = time.time()
     metrics = evaluate_episodes(model, episodes, ds.spec, cfg.fold, cfg.way, dev, progress=progress,
-                                fast=cfg.amp and dev.type == "cuda", suppress_novel=suppress_novel)
+                                fast=cfg.amp and dev.type == "cuda", suppress_novel=suppress_novel, **protocol)
     result = {
         **{k: metrics.get(k) for k in ("novel_miou", "base_miou", "human_miou", "overall_acc", "mean_base_acc",
                                        "mean_novel_acc", "binary_miou") if k in metrics},
@@ -178,11 +224,11 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
         "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
         "units": "percent", "suppress_novel": suppress_novel, "static_novel": static_novel,
-        "eval_options": dict(options or {}),
+        "eval_options": dict(options or {}), "protocol": protocol,
     }
-    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options, max_pairs)
+    target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options, max_pairs, changed)
     atomic_write_json(result, target)
-    return result
+    return {**result, "path": str(target)}
 
 
 def run_metrics(run: str | Path, *, max_pairs: int | None = None, progress: bool = True, suppress_novel: bool = False,

@@ -149,12 +149,15 @@ def check_same_run(expected: TrainConfig, found: TrainConfig, run: Path, checkpo
 
 
 def metrics_name(suppress_novel: bool = False, static_novel: bool = False,
-                 options: dict[str, Any] | None = None, max_pairs: int | None = None) -> str:
+                 options: dict[str, Any] | None = None, max_pairs: int | None = None,
+                 protocol: dict[str, Any] | None = None) -> str:
     """The file in a run folder that an evaluation with these switches (and test-time options) writes. An evaluation
-    on at most ``max_pairs`` pairs is named for it, so it never stands in for the full evaluation (metrics.json)."""
+    on at most ``max_pairs`` pairs is named for it, so it never stands in for the full evaluation (metrics.json);
+    so is one whose protocol (``protocol``: settings that differ from the run's default protocol) differs."""
     stem = "metrics" + ("_suppress_novel" if suppress_novel else "_static_novel" if static_novel else "")
     stem += "".join(f"_{key}-{str(value).lower() if isinstance(value, bool) else value}"
                     for key, value in sorted((options or {}).items()))
+    stem += "".join(f"_{key.replace('_', '-')}-{value}" for key, value in sorted((protocol or {}).items()))
     stem += f"_max-pairs-{max_pairs}" if max_pairs else ""
     return stem + ".json"
 

@@ -42,6 +42,22 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def weights_reports(model: torch.nn.Module) -> list[str]:
+    """One line per backbone that started from a DeepLab v3+ file: what it loaded, skipped and left at init."""
+    lines = []
+    for module in model.modules():
+        report = getattr(module, "weights_report", None)
+        if report:
+            rectified = getattr(module, "tap_path", None) is not None
+            lines.append(f"backbone weights from {report['file']} (DeepLab v3+): {report['loaded']} tensors loaded, "
+                         f"{report['skipped']} skipped ({', '.join(report['skipped_groups'])}), left at "
+                         f"initialisation: {', '.join(report['initialised'])}"
+                         + ("" if rectified else "; its body was trained computing the release's Xception: "
+                            "--option release_compat=true (or bn_eps=1e-5, residual_input=rectified, "
+                            "low_level_tap=pre-activation) computes that function"))
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------- training
 class Trainer:
     """Meta-trains one method on one fold; see the module docstring for what a run folder holds."""
@@ -76,6 +92,9 @@ class Trainer:
             label_novel=cfg.label_novel, pseudo_class_prob=cfg.pseudo_class_prob)
         seed_everything(cfg.seed)
         self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
+        if self.rank == 0:
+            for line in weights_reports(self.model):
+                print(line)
         if self.fast:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model.parameters(), cfg, cfg.lr)
@@ -106,6 +125,9 @@ class Trainer:
             if saved.get(key) != getattr(self.cfg, key):
                 raise DatasetError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(self.cfg, key)!r}; "
                                    f"resume with the run's own settings (they are in {self.out / CONFIG})")
+        if "optimizer" not in ckpt or ckpt.get("epoch") is None:
+            raise DatasetError(f"{path} holds converted weights without a training state (no optimiser, no epoch): "
+                               f"it can be evaluated, not resumed; train into another --out")
         load_model_state(_unwrap(self.model), ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.start_epoch = ckpt["epoch"] + 1

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .release import deeplab_backbone_state, is_deeplab_state
+
 __all__ = ["DeepLabFeatures", "TimmFeatures", "SeparableConvBlock", "ConvBNReLU", "create_body", "load_checkpoint_file",
            "load_timm_state", "set_batchnorm_eps", "rectify_residual_inputs", "tap_before_activation"]
 
@@ -330,6 +332,8 @@ class DeepLabFeatures(nn.Module):
         self.high_index = len(reductions) - 1
         self.low_reduction = reductions[self.low_index]
         self.high_reduction = reductions[self.high_index]
+        self.weights_report: dict | None = None
+        """What ``load_weights`` took from a DeepLab file (None for other files)."""
         self.high_proj = ConvBNReLU(channels[self.high_index], out_channels)
         self.low_proj = ConvBNReLU(channels[self.low_index], low_level_channels)
         self.fuse = SeparableConvBlock(out_channels + low_level_channels, out_channels)
@@ -342,14 +346,44 @@ class DeepLabFeatures(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ weights
     def load_weights(self, path: str | os.PathLike) -> None:
-        """Load a local checkpoint (see the class docstring); clear errors for missing files and mismatched keys."""
+        """Load a local checkpoint (see the class docstring); clear errors for missing files and mismatched keys.
+
+        A Graphonomy-style DeepLab v3+ file (the paper's COCO start point, ``xception_features.*`` keys) loads its
+        Xception body and its 256 -> 48 low-level projection; what was loaded, skipped and left at initialisation is
+        in ``weights_report``.
+        """
         sd = load_checkpoint_file(path, self.name)
+        if is_deeplab_state(sd):
+            self.weights_report = self._load_deeplab(sd, path)
+            return
         if any(k.startswith("backbone.body.") for k in sd):  # an EOPNet checkpoint
             sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
         if any(k.startswith("body.") for k in sd):
             self._strict_load(self, sd, path)
             return
         load_timm_state(self.body, sd, path, self.name)
+
+    def _load_deeplab(self, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> dict:
+        converted = deeplab_backbone_state(sd)
+        where = os.fspath(path)
+        if converted.unknown:
+            raise ValueError(f"{where!r} looks like a DeepLab v3+ file but has {len(converted.unknown)} keys it should "
+                             f"not (first: {converted.unknown[0]}); is it a checkpoint of another model?")
+        target = self.state_dict()
+        bad = [f"{k}: file {tuple(v.shape)} vs model {tuple(target[k].shape)}" for k, v in converted.state.items()
+               if k in target and v.shape != target[k].shape]
+        absent = [k for k in converted.state if k not in target]
+        missing_body = [k for k in target if k.startswith("body.") and k not in converted.state]
+        if bad or absent or missing_body:
+            raise ValueError(f"{where!r} is a DeepLab v3+ Xception file, which fits backbone 'xception65', not "
+                             f"{self.name!r} ({len(missing_body)} body tensors missing, {len(bad) + len(absent)} of "
+                             f"another shape or name); pass --backbone xception65")
+        self.load_state_dict(converted.state, strict=False)
+        left = sorted({k.rsplit(".", 2)[0] for k in target if k not in converted.state})
+        return {"file": where, "format": "deeplab-v3plus", "loaded": len(converted.state),
+                "skipped": len(converted.dropped), "skipped_groups": sorted({k.split(".")[0] for k in
+                                                                             converted.dropped}),
+                "initialised": left}
 
     @staticmethod
     def _strict_load(module: nn.Module, sd: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
