@@ -12,19 +12,23 @@ from .core.labels import IGNORE_INDEX
 __all__ = ["beta_schedule", "cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
 
 
-def beta_schedule(epoch: float, max_epoch: float, weight_shifting: bool = True) -> float:
+def beta_schedule(epoch: float, max_epoch: float, weight_shifting: bool = True, at: float = 0.0) -> float:
     """beta of eq. 10: the AGM weight (NPM gets 1 - beta).
 
-    With weight shifting (section 4.3.3) beta = 1 - epoch / max_epoch, clamped to [0, 1]. ``epoch`` is 0-based, so
-    beta is 1 in the first epoch (NPM unweighted, as in the release's ``get_beta``) and 1/max_epoch in the last; it
-    reaches 0 only "after training", where inference uses NPM alone. Without weight shifting beta is fixed at 0.5
-    (Table 4, row "DML": "employing two modules together (beta = 0.5)").
+    With weight shifting (section 4.3.3) beta = 1 - (epoch + at) / max_epoch, clamped to [0, 1]. ``epoch`` is
+    0-based and ``at`` is where in the epoch beta is read, as a fraction of it. ``at=0`` (the default, the release's
+    ``get_beta``): beta is 1 in the first epoch (NPM unweighted) and 1/max_epoch in the last; a 1-epoch schedule never
+    trains NPM. ``at=0.5``: the mean over each epoch of a shift that falls linearly from 1 to 0 across the schedule,
+    so NPM gets weight in every epoch, even in a 1-epoch schedule (beta 0.5). Without weight shifting beta is fixed
+    at 0.5 (Table 4, row "DML": "employing two modules together (beta = 0.5)").
     """
     if not weight_shifting:
         return 0.5
     if max_epoch <= 0:
         raise ValueError(f"max_epoch must be positive, got {max_epoch}")
-    return float(min(1.0, max(0.0, 1.0 - float(epoch) / float(max_epoch))))
+    if not 0.0 <= at < 1.0:
+        raise ValueError(f"at is a fraction of an epoch in [0, 1), got {at}")
+    return float(min(1.0, max(0.0, 1.0 - (float(epoch) + at) / float(max_epoch))))
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

@@ -11,7 +11,9 @@ from toy import random_episode
 
 from oshp.models.registry import build_model, get_method
 from oshp.models.episode import LOW_LOGIT
-from oshp.models.popnet import KnowledgeInfusion, POPNet, POPNetConfig, build, stage_plan
+from oshp.core.errors import ScheduleError
+from oshp.models.popnet import (KnowledgeInfusion, POPNet, POPNetConfig, build, check_stage_weights,
+                                  stage_ncm_weights, stage_plan)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -42,6 +44,45 @@ def test_stage_plan_by_hand():
     assert joint.train_coarse and joint.train_fine and joint.infuse_gradients and joint.fine_epoch == 6
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 5, 100])
+@pytest.mark.parametrize("schedule", ["progressive", "joint"])
+def test_every_stage_weights_its_ncm_at_any_budget(epochs, schedule):
+    """Default weight shift (mid-epoch): each stage's NCM gets a positive weight in every epoch it trains."""
+    weights = stage_ncm_weights(epochs, schedule)
+    assert all(w and all(0 < x < 1 for x in w) for w in weights.values()), weights
+    check_stage_weights(epochs, schedule)
+
+
+def test_weight_shift_by_hand():
+    # 3 epochs: stage 1 trains epochs 0-1 (E = 2), stage 3 epoch 2 alone (E = 1)
+    assert stage_ncm_weights(3) == {"stage 1": [0.25, 0.75], "stage 3": [0.5]}
+    assert stage_ncm_weights(2) == {"stage 1": [0.5], "stage 3": [0.5]}  # one epoch each
+    assert stage_ncm_weights(1) == {"stage 1": [0.5], "stage 3": [0.5]}  # both stages in the one epoch
+    assert stage_ncm_weights(1, weight_shifting=False) == {"stage 1": [0.5], "stage 3": [0.5]}
+    # the release's beta = 1 - e/E: NCM weight 0 in a stage's first epoch; fine at the paper's 100 epochs
+    assert stage_ncm_weights(4, weight_shift="release") == {"stage 1": [0.0, 0.5], "stage 3": [0.0, 0.5]}
+    release = stage_ncm_weights(100, weight_shift="release")
+    assert release["stage 1"][:2] == pytest.approx([0.0, 0.02]) and release["stage 3"][-1] == pytest.approx(0.98)
+    check_stage_weights(100, weight_shift="release")
+    mid = stage_ncm_weights(100)  # within 0.5/E of the release's
+    assert all(abs(a - b) <= 0.5 / 50 + 1e-12 for s in mid for a, b in zip(mid[s], release[s]))
+
+
+@pytest.mark.parametrize("epochs,untrained", [(1, "stage 1 and stage 3"), (2, "stage 1 and stage 3"),
+                                              (3, "stage 3")])
+def test_a_stage_whose_ncm_never_trains_is_an_error(epochs, untrained):
+    with pytest.raises(ScheduleError, match=rf"never train the NCM .* of {untrained}: .* train for 4 epochs or more, "
+                                            r"or use weight_shift='mid-epoch'"):
+        check_stage_weights(epochs, weight_shift="release")
+    model = tiny(weight_shift="release").train()
+    q, s, sl, ql = episode()
+    with pytest.raises(ScheduleError, match="never train the NCM"):  # at the first step, before any update
+        model(q, s, sl, query_label=ql, epoch=0, max_epoch=epochs)
+    model.eval()(q, s, sl, epoch=0, max_epoch=epochs)  # inference does not depend on the schedule
+    with pytest.raises(ValueError, match="weight_shift must be one of"):
+        POPNetConfig(weight_shift="per-step")
+
+
 def _grads(module: torch.nn.Module) -> set[str]:
     return {n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
@@ -49,7 +90,7 @@ def _grads(module: torch.nn.Module) -> set[str]:
 def test_progressive_schedule_gradients_and_frozen_stage1():
     model = tiny().train()
     q, s, sl, ql = episode()
-    out = model(q, s, sl, query_label=ql, epoch=1, max_epoch=4)  # stage-1 phase, beta = 0.5: AGM and NCM
+    out = model(q, s, sl, query_label=ql, epoch=1, max_epoch=4)  # stage-1 phase, beta = 0.25: AGM and NCM
     out["loss"].backward()
     g1 = _grads(model.stage1)
     assert not _grads(model.stage3)

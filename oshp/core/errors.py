@@ -24,3 +24,7 @@ class UnknownClassError(OshpError, KeyError):
 
 class UnknownOptionError(OshpError, TypeError):
     """A model option the method does not have (a TypeError, as for an unknown keyword; the CLI reports it cleanly)."""
+
+
+class ScheduleError(OshpError, ValueError):
+    """A training schedule under which part of a model would never learn (a ValueError: a bad setting)."""

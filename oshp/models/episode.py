@@ -95,6 +95,15 @@ class EpisodeModel(nn.Module):
         self.num_classes = int(num_classes)
         self.way = way
 
+    def predicting_heads(self) -> dict[str, nn.Module]:
+        """The head each training stage predicts with, by name, for a model trained in stages.
+
+        A stage before the last shapes ``"pred"`` only through the features it hands on, so its own predicting head
+        is named here for checks that every stage's head learns. Empty (the default) for a model trained in one
+        stage: its predicting head is whatever shapes ``"pred"``.
+        """
+        return {}
+
     @property
     def num_outputs(self) -> int:
         """Channels of the logits: ``num_classes`` (k-way) or 2 (1-way: background, the episode's class)."""

@@ -4,8 +4,8 @@ POPNet parses coarse-to-fine with one *stage network* per granularity. Each stag
 its own embedding network, masked-average-pooled prototypes with momentum-updated dynamic prototypes (the release's
 ``beta`` = 0.001), and the Dual-Metric Learning-based meta-learning of two heads on the cosine maps: the Attention
 Guidance Module (AGM) and the Nearest Centroid Module (NCM: scalar 1x1 maps of the cosine maps, times a learnable
-scale initialised to 10), whose loss weight shifts from AGM to NCM over the stage's training (beta = 1 - e/E; NCM
-alone at inference). A stage after the first receives the previous stage's features through the Knowledge Infusion
+scale initialised to 10), whose loss weight shifts from AGM to NCM over the stage's training (NCM alone at
+inference). A stage after the first receives the previous stage's features through the Knowledge Infusion
 Module (KIM): previous and current features are concatenated and fused by two separable conv blocks (the release's
 ``feature_fusion`` = ``Decoder_module(512, 256)`` + ``Decoder_module(256, 256)``, facts 3.8), for the query and
 the support alike, before the prototypes and cosine maps are computed.
@@ -29,12 +29,23 @@ Training is progressive, as in POPNet (each stage network is trained with the pr
 of the project's trainer, which passes ``epoch`` and ``max_epoch``: the first ``stage1_epochs`` share of the epochs
 trains stage 1 alone (stage 3 then runs in eval mode without gradients, only to give ``"pred"``); stage 1 is then
 frozen (no gradients, BatchNorm statistics and prototype memory untouched, i.e. run in eval mode) while stage 3 and
-its KIM train. Each stage runs its own weight-shifting and prototype warm-up schedules over its own epochs, as if it
-were a separate run; the learning rate is the trainer's single poly decay over the whole run, so stage 3 starts at
-about half the base rate instead of restarting it. ``schedule="joint"`` trains both stages in every epoch on the
-summed losses, with the fine loss also reaching stage 1 through the KIM (an end-to-end variant, cf. section 6.6.2).
-Inference: stage 1, then stage 3 with the infused knowledge; ``"pred"`` = stage 3's NCM logits, ``"coarse"`` =
-stage 1's NCM background/human logits.
+its KIM train. A 1-epoch run cannot be split into whole epochs: both stages train in it, still as separate networks
+(stage 3 infused with stage 1's detached features); a 2-epoch run gives each stage one. Each stage runs its own
+weight-shifting and prototype warm-up schedules over its own epochs, as if it were a separate run; the learning rate
+is the trainer's single poly decay over the whole run, so stage 3 starts at about half the base rate instead of
+restarting it.
+
+Weight shifting within a stage of E epochs (``weight_shift``): the default ``"mid-epoch"`` takes beta = 1 - (e +
+0.5)/E in the stage's epoch e, the mean over that epoch of a shift falling linearly from AGM alone to NCM alone across
+the stage. The NCM, the head the stage predicts with, so gets weight in every epoch, even when the stage has a single
+epoch (beta 0.5), and the schedule is within 0.5/E of the release's. ``"release"`` is the release's beta = 1 - e/E
+(NCM weight 0 in the stage's first epoch), the paper setting over 100 epochs: there a stage with a single epoch
+would never train its NCM, so a run in which any stage's NCM gets zero weight in all of its epochs raises
+:class:`~oshp.core.errors.ScheduleError` at its first training step, naming the fix (:func:`check_stage_weights`).
+
+``schedule="joint"`` trains both stages in every epoch on the summed losses, with the fine loss also reaching stage 1
+through the KIM (an end-to-end variant, cf. section 6.6.2). Inference: stage 1, then stage 3 with the infused
+knowledge; ``"pred"`` = stage 3's NCM logits, ``"coarse"`` = stage 1's NCM background/human logits.
 
 Size (Table 5 says 85.8 M for POPNet): two stage networks of section 4.1's embedding network (38.49 M each with
 Xception-65) + projection (0.07 M) + AGM (1.25 M) + NCM (7 scalars), plus the KIM (0.21 M) = 79.8 M parameters
@@ -47,6 +58,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Literal
 
 import torch
@@ -54,6 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oshp.losses import beta_schedule, cross_entropy, dual_metric_loss
+from oshp.core.errors import ScheduleError
 from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import DeepLabFeatures, SeparableConvBlock
 from oshp.models.heads import AGMHead, NPMHead
@@ -61,10 +74,15 @@ from oshp.models.episode import EpisodeModel, check_options, resolve_config
 from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import PrototypeMemory, TestPrototypes, cosine_similarity_maps, downsample_mask
 
-__all__ = ["POPNetConfig", "POPNet", "StageNetwork", "KnowledgeInfusion", "StagePlan", "build"]
+__all__ = ["POPNetConfig", "POPNet", "StageNetwork", "KnowledgeInfusion", "StagePlan", "WEIGHT_SHIFT_AT", "build",
+           "check_stage_weights", "stage_ncm_weights", "stage_plan"]
 
 HUMAN = 1
 """Prototype slot (and coarse logit channel) of the human class in stage 1; slot 0 (background) stays unused."""
+
+WeightShift = Literal["mid-epoch", "release"]
+WEIGHT_SHIFT_AT: dict[str, float] = {"mid-epoch": 0.5, "release": 0.0}
+"""Where in each epoch of a stage its beta is read (``at`` of :func:`~oshp.losses.beta_schedule`)."""
 
 
 @dataclass
@@ -103,7 +121,10 @@ class POPNetConfig:
     lambda_coarse: float = 1.0
     """Weight of stage 1's loss in the summed loss when both stages train in one step."""
     weight_shifting: bool = True
-    """beta = 1 - e/E per stage (AGM -> NCM); off: beta fixed at 0.5."""
+    """AGM -> NCM weight shift within each stage (see ``weight_shift``); off: beta fixed at 0.5."""
+    weight_shift: WeightShift = "mid-epoch"
+    """'mid-epoch': beta = 1 - (e + 0.5)/E in a stage's epoch e of E, so its NCM trains in every epoch, at any budget.
+    'release': beta = 1 - e/E (the release, 100 epochs); an error when it would leave a stage's NCM untrained."""
     dynamic_prototypes: bool = True
     test_prototypes: TestPrototypes = "memory"
     """Eval: base classes use their dynamic prototype (eq. 3 applied with the support), novel classes the support's
@@ -121,6 +142,8 @@ class POPNetConfig:
         if not 0.0 < float(self.stage1_epochs) < 1.0:
             raise ValueError(f"stage1_epochs is the share of the epochs that trains stage 1 and must lie strictly "
                              f"between 0 and 1, got {self.stage1_epochs}")
+        if self.weight_shift not in WEIGHT_SHIFT_AT:
+            raise ValueError(f"weight_shift must be one of {sorted(WEIGHT_SHIFT_AT)}, not {self.weight_shift!r}")
         if self.agm_trunk not in ("release", "separable"):
             raise ValueError(f"agm_trunk must be 'release' or 'separable', not {self.agm_trunk!r}")
         if self.test_prototypes not in ("memory", "static"):
@@ -155,6 +178,40 @@ def stage_plan(epoch: int, max_epoch: int, schedule: str = "progressive", stage1
     if epoch < n1:
         return StagePlan(True, False, epoch, n1, 0, max_epoch - n1, False)
     return StagePlan(False, True, n1 - 1, n1, epoch - n1, max_epoch - n1, False)
+
+
+def stage_ncm_weights(max_epoch: int, schedule: str = "progressive", stage1_share: float = 0.5,
+                      weight_shift: str = "mid-epoch", weight_shifting: bool = True) -> dict[str, list[float]]:
+    """Per stage ("stage 1", "stage 3"), the NCM's loss weight 1 - beta in each epoch that trains it."""
+    at = WEIGHT_SHIFT_AT[weight_shift]
+    weights: dict[str, list[float]] = {"stage 1": [], "stage 3": []}
+    for epoch in range(max(int(max_epoch), 1)):
+        plan = stage_plan(epoch, max_epoch, schedule, stage1_share)
+        if plan.train_coarse:
+            weights["stage 1"].append(1.0 - beta_schedule(plan.coarse_epoch, plan.coarse_epochs, weight_shifting, at))
+        if plan.train_fine:
+            weights["stage 3"].append(1.0 - beta_schedule(plan.fine_epoch, plan.fine_epochs, weight_shifting, at))
+    return weights
+
+
+@lru_cache(maxsize=64)
+def check_stage_weights(max_epoch: int, schedule: str = "progressive", stage1_share: float = 0.5,
+                        weight_shift: str = "mid-epoch", weight_shifting: bool = True) -> None:
+    """A :class:`~oshp.core.errors.ScheduleError` when a stage's NCM, the head it predicts with, would get zero loss
+    weight in every epoch of a ``max_epoch``-epoch run: it would end at its initialisation."""
+    settings = (schedule, stage1_share, weight_shift, weight_shifting)
+    weights = stage_ncm_weights(max_epoch, *settings)
+    untrained = [stage for stage, w in weights.items() if not any(x > 0 for x in w)]
+    if not untrained:
+        return
+    enough = next((m for m in range(int(max_epoch) + 1, int(max_epoch) + 1000)
+                   if all(any(x > 0 for x in w) for w in stage_ncm_weights(m, *settings).values())), None)
+    longer = f"train for {enough} epochs or more, or " if enough else ""
+    detail = ", ".join(f"{stage} trains {len(weights[stage])} epoch(s)" for stage in untrained)
+    raise ScheduleError(
+        f"POPNet with {max_epoch} epoch(s) and weight_shift={weight_shift!r} would never train the NCM (the head that "
+        f"predicts) of {' and '.join(untrained)}: {detail}, and beta = 1 - e/E gives the NCM zero weight in a stage's "
+        f"first epoch; {longer}use weight_shift='mid-epoch' (the default), which weights the NCM in every epoch")
 
 
 class KnowledgeInfusion(nn.Module):
@@ -260,7 +317,19 @@ class POPNet(EpisodeModel):
         return stage_plan(epoch, max_epoch, self.config.schedule, self.config.stage1_epochs)
 
     def _beta(self, epoch: int, epochs: int) -> float:
-        return beta_schedule(epoch, epochs, self.config.weight_shifting)
+        return beta_schedule(epoch, epochs, self.config.weight_shifting, WEIGHT_SHIFT_AT[self.config.weight_shift])
+
+    def check_schedule(self, max_epoch: int) -> None:
+        """Refuse a run of ``max_epoch`` epochs that would leave a stage's NCM untrained (see
+        :func:`check_stage_weights`)."""
+        cfg = self.config
+        check_stage_weights(int(max_epoch), cfg.schedule, float(cfg.stage1_epochs), cfg.weight_shift,
+                            bool(cfg.weight_shifting))
+
+    def predicting_heads(self) -> dict[str, nn.Module]:
+        """Each stage's NCM: stage 3's gives ``"pred"``, stage 1's ``"coarse"`` (and the training of the features
+        stage 3 infuses)."""
+        return {"stage1.ncm": self.stage1.ncm, "stage3.ncm": self.stage3.ncm}
 
     # ------------------------------------------------------------------------------------------------ stage heads
     def coarse_head(self, hq: torch.Tensor, hs: torch.Tensor, human: torch.Tensor, size_in: tuple[int, int],
@@ -349,6 +418,8 @@ class POPNet(EpisodeModel):
         support_label, support_human, query_label, query_human = self.check_inputs(
             query, support, support_label, support_human, query_label, query_human)
         training = self.training
+        if training:
+            self.check_schedule(max_epoch)
         plan = self.plan(epoch, max_epoch)
         train1, train3 = training and plan.train_coarse, training and plan.train_fine
         beta1, beta3 = self._beta(plan.coarse_epoch, plan.coarse_epochs), self._beta(plan.fine_epoch, plan.fine_epochs)
