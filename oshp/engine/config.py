@@ -67,7 +67,9 @@ class TrainConfig:
 
 
 PROFILE_NOTES: dict[str, str] = {
-    "paper": "the paper's configuration: Xception-65, 512 px, 50 epochs; a GPU and the real datasets",
+    "paper": "the paper's configuration: Xception-65, 512 px, 50 epochs; a GPU and the real datasets. The paper "
+             "starts from COCO-pretrained DeepLab v3+ weights: pass --backbone-weights deeplab_v3plus_v3.pth; "
+             "without it timm's ImageNet Xception-65 weights are fetched (a fallback, not the paper's start)",
     "demo": "the CPU demo: a small synthetic-pretrained backbone, 10 x 800 episodes, about 20 minutes on 2 CPU cores",
     "quick": "the demo's model for 4 x 300 episodes, a few minutes on a CPU",
     "smoke": "seconds on a CPU; checks that everything runs, the numbers mean nothing",
@@ -75,6 +77,8 @@ PROFILE_NOTES: dict[str, str] = {
 """What each training profile is for and what it costs, said wherever a profile is chosen."""
 
 PROFILES: dict[str, dict[str, Any]] = {
+    # The paper's start point is the release's COCO-pretrained DeepLab v3+ file (--backbone-weights, a Graphonomy
+    # state dict: the Xception body and the low-level projection load); timm's ImageNet weights are the fallback.
     "paper": dict(backbone="xception65", pretrained=True, image_size=512, epochs=50, batch_size=2, lr=1e-3,
                   pairs_per_epoch=None, val_pairs_per_class=15, workers=4),
     # The demo fine-tunes the shipped synthetic-pretrained backbone (`oshp pretrain`, the stand-in for the paper's
