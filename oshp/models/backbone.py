@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Literal
 
@@ -25,7 +26,7 @@ from torch import nn
 from .release import deeplab_backbone_state, is_deeplab_state
 
 __all__ = ["DeepLabFeatures", "TimmFeatures", "SeparableConvBlock", "ConvBNReLU", "create_body", "load_checkpoint_file",
-           "load_timm_state", "set_batchnorm_eps", "rectify_residual_inputs", "tap_before_activation"]
+           "load_timm_state", "is_aligned_xception", "set_batchnorm_eps", "rectify_residual_inputs", "tap_before_activation"]
 
 
 class ConvBNReLU(nn.Sequential):
@@ -170,6 +171,11 @@ def load_timm_state(body: nn.Module, sd: Mapping[str, torch.Tensor], path: str |
             f"{bad_shape[:3]}.{hint}"
         )
     body.load_state_dict(mapped, strict=True)
+
+
+def is_aligned_xception(name: str) -> bool:
+    """timm's aligned Xception (41/65/71), built of the blocks the release's Xception options apply to."""
+    return re.fullmatch(r"xception(41|65|71)", name.split(".")[0]) is not None
 
 
 def set_batchnorm_eps(body: nn.Module, eps: float) -> int:

@@ -25,7 +25,7 @@ from torch import nn
 
 from oshp.losses import beta_schedule, cross_entropy, dual_metric_loss, prototype_contrastive_loss
 from oshp.core.labels import IGNORE_INDEX
-from oshp.models.backbone import DeepLabFeatures
+from oshp.models.backbone import DeepLabFeatures, is_aligned_xception
 from oshp.models.episode import CachedSupport, EpisodeModel, LOW_LOGIT, check_image, resolve_config
 from oshp.core.labels import BACKGROUND
 from oshp.models.prototypes import (
@@ -168,16 +168,18 @@ class EOPNetConfig:
         ``test_prototypes="memory"``, ``foreground_screening=True``, ``restrict_to_support=False``,
         ``mask_downsample="nearest"``, ``align_corners=True``, ``eval_agm=True``; and its network: ``bn_eps=1e-5``,
         ``residual_input="rectified"``, ``low_level_tap="pre-activation"``, ``fusion_align_corners=True``,
-        ``agm_absent="plain-features"``, and per way ``background_mean="all-ids"`` (k-way) or
-        ``agm_adds_features=False`` (1-way). The coarse space's epoch-as-warm-up flag is not reproduced: at test
+        ``agm_absent="plain-features"``, per way ``background_mean="all-ids"`` (k-way) or
+        ``agm_adds_features=False`` (1-way), and with an aligned Xception backbone (the release's)
+        ``residual_input="rectified"`` and ``low_level_tap="pre-activation"``, which other backbones do not have. The coarse space's epoch-as-warm-up flag is not reproduced: at test
         time the release's coarse space is static, which ``test_prototypes="memory"`` gives for a converted
         checkpoint (its coarse memory is marked never updated).
         """
         one_way = str(overrides.get("way", cls.way)) == "1"
         base: dict = dict(warmup_epochs=26, test_prototypes="memory", foreground_screening=True,
                           restrict_to_support=False, mask_downsample="nearest", align_corners=True, eval_agm=True,
-                          bn_eps=1e-5, residual_input="rectified", low_level_tap="pre-activation",
-                          fusion_align_corners=True, agm_absent="plain-features")
+                          bn_eps=1e-5, fusion_align_corners=True, agm_absent="plain-features")
+        if is_aligned_xception(str(overrides.get("backbone", cls.backbone))):  # the release's own backbone
+            base.update(residual_input="rectified", low_level_tap="pre-activation")
         base.update(dict(agm_adds_features=False) if one_way else dict(background_mean="all-ids"))
         base.update(overrides)
         return cls(**base)
