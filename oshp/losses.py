@@ -82,6 +82,7 @@ def prototype_contrastive_loss(
     query_present: torch.Tensor,
     support_present: torch.Tensor,
     tau: float = 0.1,
+    absent_rows: str = "skip",
 ) -> torch.Tensor:
     """L_nca (eq. 12): InfoNCE between query static prototypes p'_c (eq. 11) and support static prototypes p^s (eq. 2).
 
@@ -97,7 +98,12 @@ def prototype_contrastive_loss(
     missing from the query GT has no p'_c and is skipped instead of counting as zero, unlike the release); the batch
     averages over samples with at least one row. With a single support class the term is -log 1 = 0. When no sample
     has a row the loss is a graph-connected zero.
+
+    ``absent_rows="zero"`` is the release's rule: every present query prototype is a row, and a row whose class the
+    support lacks scores 0 but still counts in the sample's mean.
     """
+    if absent_rows not in ("skip", "zero"):
+        raise ValueError(f"absent_rows must be 'skip' or 'zero', not {absent_rows!r}")
     if query_prototypes.shape != support_prototypes.shape or query_prototypes.dim() != 3:
         raise ValueError(f"query and support prototypes must both be B x K x D, got {tuple(query_prototypes.shape)} "
                          f"and {tuple(support_prototypes.shape)}")
@@ -114,10 +120,14 @@ def prototype_contrastive_loss(
     per_sample = []
     for b in range(sims.shape[0]):
         r = rows[b].nonzero().flatten()
-        if r.numel() == 0:
+        counted = int(query_present[b].sum()) if absent_rows == "zero" else r.numel()
+        if counted == 0:
+            continue
+        if r.numel() == 0:  # rows only of classes the support lacks: each scores 0
+            per_sample.append(sims[b].nan_to_num(0.0, 0.0, 0.0).sum() * 0.0)
             continue
         logp = F.log_softmax(sims[b, r], dim=-1)
-        per_sample.append(-logp[torch.arange(r.numel(), device=r.device), r].mean())
+        per_sample.append(-logp[torch.arange(r.numel(), device=r.device), r].sum() / counted)
     if not per_sample:
         return (query_prototypes.sum() + support_prototypes.sum()) * 0.0
     return torch.stack(per_sample).mean()

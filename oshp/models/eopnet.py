@@ -90,6 +90,11 @@ class EOPNetConfig:
     """Coarse human-vs-background metric space (section 4.1, Table 4 "MT")."""
     contrastive: bool = True
     """Prototype-level contrastive loss (section 4.4, Table 4 "CL")."""
+    contrastive_form: Literal["paper", "release"] = "paper"
+    """"paper": eq. 12 as written (rows and columns: the support's classes present in the restricted query).
+    "release": the authors' code: a background row and column (fine-space features averaged over the non-human
+    mask, so novel parts, annotated as background but human, stay out of it), part rows from the query labels before
+    their restriction to the support's classes, and rows the support lacks scoring 0 but counting in the mean."""
     dynamic_prototypes: bool = True
     """Momentum-updated prototypes (section 4.2, Fig. 7 "DP"); off: static prototypes throughout."""
     # --- choices the paper leaves open
@@ -150,7 +155,7 @@ class EOPNetConfig:
             raise ValueError(f"test_prototypes must be 'memory' or 'static', not {self.test_prototypes!r}")
         if self.foreground_screening and not self.multi_task:
             raise ValueError("foreground_screening needs the coarse space: set multi_task=True")
-        choices = {"residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
+        choices = {"contrastive_form": ("paper", "release"), "residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
                    "background_mean": ("support", "all-ids"), "agm_absent": ("bias", "plain-features")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -215,6 +220,9 @@ class SupportCache(CachedSupport):
     """B x D human prototypes of the coarse space (None when the coarse head does not run)."""
     channels: int = 3
     """Channels of the support image (a query must have as many)."""
+    background: torch.Tensor | None = None
+    """B x D fine-space background prototypes over the support's non-human pixels (training with the release's
+    contrastive form only)."""
 
     def expand(self, n: int) -> "SupportCache":
         """The cache for a query batch of ``n``: itself when it holds ``n`` supports, one support repeated n times."""
@@ -400,8 +408,22 @@ class EOPNet(EpisodeModel):
                 used = self.coarse_memory(h_proto.index_select(0, idx), [1] * idx.numel(), epoch)
                 h_proto = h_proto.index_copy(0, idx, used.to(h_proto.dtype))
             human_proto = h_proto
+        background = None
+        if self.training and cfg.contrastive and cfg.contrastive_form == "release" and cfg.way == "k":
+            background = self.background_prototypes(hs, support_label, support_human)
         return SupportCache(classes=classes, prototypes=protos, static=s_protos, present=s_present,
-                            human=human_proto, channels=channels)
+                            human=human_proto, channels=channels, background=background)
+
+    def background_prototypes(self, feats: torch.Tensor, label: torch.Tensor,
+                              human: torch.Tensor | None) -> torch.Tensor:
+        """B x D fine-space prototypes of the non-human pixels (the human mask, else the labelled parts, says which
+        pixels are human; ignored pixels count as neither)."""
+        if human is None:
+            nonhuman = label == BACKGROUND
+        else:
+            nonhuman = (human == 0) & (label != IGNORE_INDEX)
+        weights = downsample_mask(nonhuman, feats.shape[-2:], self.config.mask_downsample)
+        return masked_average_pooling(feats, weights.unsqueeze(1))[0][:, 0]  # no mass: a zero prototype (absent)
 
     def _parse_query(self, query: torch.Tensor, gq: torch.Tensor, support: SupportCache, epoch: int, max_epoch: int,
                      query_label: torch.Tensor | None, query_human: torch.Tensor | None) -> dict[str, object]:
@@ -464,16 +486,15 @@ class EOPNet(EpisodeModel):
         out["pred"] = pred
 
         if training and query_label is not None:
-            out.update(self._losses(out, query_label, query_human, classes, hq, support.static, support.present, beta,
-                                    size))
+            out.update(self._losses(out, query_label, query_human, classes, hq, support, beta, size))
         if training and cfg.sync_memory:
             self._sync_memories()
         return out
 
     # ------------------------------------------------------------------------------------------------ losses
     def _losses(self, out: dict, query_label: torch.Tensor, query_human: torch.Tensor | None,
-                classes: list[list[int]], hq: torch.Tensor, s_protos: list[torch.Tensor],
-                s_present: list[torch.Tensor], beta: float, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+                classes: list[list[int]], hq: torch.Tensor, support: SupportCache, beta: float,
+                size: tuple[int, int]) -> dict[str, torch.Tensor]:
         cfg = self.config
         target = self.restrict_query_label(query_label, classes)
         agm, npm = out.get("agm"), out.get("npm")
@@ -495,22 +516,55 @@ class EOPNet(EpisodeModel):
             coarse = cross_entropy(out["coarse"], human_t)
         nca = zero
         if cfg.contrastive and cfg.way == "k":  # 1-way: one class, so eq. 12 is -log 1 = 0
-            q_weights = self.class_weights(target, classes, size, cfg.mask_downsample)
-            q_protos, q_present = self.pool(hq, q_weights)
-            k = max(len(ids) for ids in classes)
-            d = hq.shape[1]
-
-            def pad(items: list[torch.Tensor], shape_tail: tuple, dtype) -> torch.Tensor:
-                res = hq.new_zeros((len(items), k) + shape_tail, dtype=dtype)
-                for b, t in enumerate(items):
-                    res[b, : t.shape[0]] = t
-                return res
-
-            nca = prototype_contrastive_loss(pad(q_protos, (d,), hq.dtype), pad(s_protos, (d,), hq.dtype),
-                                             pad(q_present, (), torch.bool), pad(s_present, (), torch.bool), cfg.tau)
+            if cfg.contrastive_form == "release":
+                nca = self._release_contrastive(hq, query_label, query_human, classes, support, size)
+            else:
+                q_weights = self.class_weights(target, classes, size, cfg.mask_downsample)
+                q_protos, q_present = self.pool(hq, q_weights)
+                nca = prototype_contrastive_loss(*self._padded(q_protos, support.static, q_present, support.present),
+                                                 cfg.tau)
         total = cfg.lambda_nca * nca + cfg.lambda_dml_fine * fine + cfg.lambda_dml_coarse * coarse  # eq. 13
         losses.update(loss_dml_fine=fine, loss_dml_coarse=coarse, loss_nca=nca, loss=total)
         return losses
+
+    @staticmethod
+    def _padded(*groups: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-sample K_b x ... lists as B x K x ... tensors (zeros / False beyond each sample's K_b)."""
+        k = max(t.shape[0] for t in groups[0])
+        out = []
+        for items in groups:
+            res = items[0].new_zeros((len(items), k) + tuple(items[0].shape[1:]))
+            for b, t in enumerate(items):
+                res[b, : t.shape[0]] = t
+            out.append(res)
+        return out
+
+    def _release_contrastive(self, hq: torch.Tensor, query_label: torch.Tensor, query_human: torch.Tensor | None,
+                             classes: list[list[int]], support: SupportCache, size: tuple[int, int]) -> torch.Tensor:
+        """The release's L_con (see ``contrastive_form``): slots [background, the union of query and support classes]."""
+        cfg = self.config
+        slots = []
+        for b, ids in enumerate(classes):
+            query_ids = torch.unique(query_label[b]).tolist()
+            slots.append(sorted(set(ids) | {c for c in query_ids if c not in (BACKGROUND, IGNORE_INDEX)}))
+        q_protos, q_present = self.pool(hq, self.class_weights(query_label, slots, size, cfg.mask_downsample))
+        q_bg = self.background_prototypes(hq, query_label, query_human)
+        s_bg = support.background
+        if s_bg is None:
+            raise RuntimeError("the release's contrastive form needs the support's background prototype: encode the "
+                               "support in training mode")
+        s_protos, s_present = [], []
+        for b, ids in enumerate(slots):
+            where = {c: i for i, c in enumerate(classes[b])}
+            rows = [support.static[b][where[c]] if c in where else hq.new_zeros(hq.shape[1]) for c in ids]
+            present = [bool(support.present[b][where[c]]) if c in where else False for c in ids]
+            s_protos.append(torch.stack([s_bg[b], *rows]))
+            s_present.append(torch.tensor([True, *present], device=hq.device))
+        q_protos = [torch.cat([q_bg[b:b + 1], p]) for b, p in enumerate(q_protos)]
+        q_present = [torch.cat([q_bg[b].abs().sum(0, keepdim=True) > 0, m]) for b, m in enumerate(q_present)]
+        s_present = [torch.cat([s_bg[b].abs().sum(0, keepdim=True) > 0, m[1:]]) for b, m in enumerate(s_present)]
+        return prototype_contrastive_loss(*self._padded(q_protos, s_protos, q_present, s_present), cfg.tau,
+                                          absent_rows="zero")
 
     def _sync_memories(self) -> None:
         import torch.distributed as dist
