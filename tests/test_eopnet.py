@@ -349,3 +349,40 @@ def test_local_backbone_weights(tmp_path):
     torch.save({"foo.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="does not fit backbone"):
         DeepLabFeatures(TINY, weights=tmp_path / "bad.pth")
+
+
+def test_release_contrastive_form_adds_a_background_row_and_the_unrestricted_query_rows():
+    """contrastive_form='release': slots [background over the non-human mask, query and support classes], the query
+    rows taken before the restriction to the support's classes (class 11 here) and scoring 0 where the support lacks
+    them."""
+    from oshp.losses import prototype_contrastive_loss
+
+    model = tiny(contrastive_form="release").train()
+    for module in model.modules():  # batch statistics would make the backbone depend on the batch
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    q, s, sl, ql = (t[:1] for t in episode())
+    human_q, human_s = (ql != 0).long(), (sl != 0).long()
+    out = model(q, s, sl, support_human=human_s, query_label=ql, query_human=human_q, epoch=0, max_epoch=3)
+    with torch.no_grad():
+        hq, hs = model.fine_proj(model.backbone(q)), model.fine_proj(model.backbone(s))
+        size = hq.shape[-2:]
+        slots = sorted({c for c in ql.unique().tolist() + sl.unique().tolist() if c not in (0, 255)})
+        assert 11 in slots and 11 not in sl.unique().tolist()
+
+        def prototypes(feats, label, human):
+            masks = torch.stack([human[0] == 0] + [label[0] == c for c in slots]).unsqueeze(0)
+            weights = torch.nn.functional.adaptive_avg_pool2d(masks.float(), size)
+            return masked_average_pooling(feats, weights)
+
+        qp, qm = prototypes(hq, ql, human_q)
+        sp, sm = prototypes(hs, sl, human_s)
+        expected = prototype_contrastive_loss(qp, sp, qm, sm, model.config.tau, absent_rows="zero")
+    assert out["loss_nca"].item() == pytest.approx(expected.item(), rel=1e-4)
+    paper = tiny(contrastive_form="paper").train()
+    paper.load_state_dict(model.state_dict())
+    for module in paper.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval()
+    other = paper(q, s, sl, support_human=human_s, query_label=ql, query_human=human_q, epoch=0, max_epoch=3)
+    assert other["loss_nca"].item() != pytest.approx(out["loss_nca"].item(), rel=1e-3)

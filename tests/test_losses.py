@@ -107,3 +107,21 @@ def test_contrastive_loss_batch_mean_over_samples_with_rows():
         prototype_contrastive_loss(q, s, p0, p0, 0.0)
     with pytest.raises(ValueError, match="B x K x D"):
         prototype_contrastive_loss(q[0], s[0], p0, p0)
+
+
+def test_contrastive_loss_release_rows():
+    """absent_rows='zero' (the release): a query class the support lacks is a row scoring 0 that counts in the mean."""
+    q = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])
+    s = torch.tensor([[[2.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]])
+    tau = 0.5
+    c = 1 / math.sqrt(2)
+    sp = torch.tensor([[True, True, False]])
+    qp = torch.tensor([[True, True, True]])
+    row0 = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + math.exp(c / tau)))
+    row1 = -math.log(math.exp(c / tau) / (1 + math.exp(c / tau)))
+    got = prototype_contrastive_loss(q, s, qp, sp, tau, absent_rows="zero")
+    assert got.item() == pytest.approx((row0 + row1) / 3, rel=1e-5)
+    only_absent = torch.tensor([[False, False, True]])
+    assert prototype_contrastive_loss(q, s, only_absent, sp, tau, absent_rows="zero").item() == 0.0
+    with pytest.raises(ValueError, match="absent_rows"):
+        prototype_contrastive_loss(q, s, qp, sp, tau, absent_rows="drop")
