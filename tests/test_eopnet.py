@@ -102,6 +102,24 @@ def test_prototype_memory_default_alpha_and_warmup_overwrites():
     assert out.item() == pytest.approx(0.999 * 2.0 + 0.001 * 1002.0)
 
 
+def test_prototype_memory_running_mean_warmup():
+    mem = PrototypeMemory(3, 1, warmup="running-mean").train()
+    for epoch, value in [(0, 5.0), (1, 7.0), (2, 3.0)]:
+        assert mem(torch.tensor([[value]]), [1], epoch=epoch).item() == value  # the static prototype is used
+    assert mem.memory[1].item() == pytest.approx(5.0) and mem.warmup_count[1].item() == 3  # mean of 5, 7, 3
+    out = mem(torch.tensor([[1005.0]]), [1], epoch=3)
+    assert out.item() == pytest.approx(0.999 * 5.0 + 0.001 * 1005.0) and mem.warmup_count[1].item() == 3
+    assert "warmup_count" in mem.state_dict()  # resumed runs keep their means
+    assert "warmup_count" not in PrototypeMemory(3, 1).state_dict()  # the paper's memory keeps its keys
+
+
+def test_mid_epoch_weight_shift_trains_npm_in_every_epoch():
+    paper, mid = tiny(), tiny(weight_shift="mid-epoch")
+    assert [paper._beta(e, 2) for e in range(2)] == [1.0, 0.5]  # no NPM weight in epoch 0
+    assert [mid._beta(e, 2) for e in range(2)] == [0.75, 0.25]
+    assert mid._beta(0, 1) == 0.5  # a one-epoch run trains NPM too
+
+
 def test_prototype_memory_eval_modes():
     mem = PrototypeMemory(4, 2, alpha=0.1, warmup_epochs=0).train()
     mem(torch.tensor([[1.0, 0.0]]), [1], epoch=0)  # initialise

@@ -75,6 +75,9 @@ class EOPNetConfig:
     way: Literal["k", "1"] = "k"
     alpha: float = 0.001
     """Momentum of the dynamic prototypes (eq. 3)."""
+    memory_warmup: Literal["overwrite", "running-mean"] = "overwrite"
+    """What a memory slot holds during the warm-up epochs: the last static prototype written (the release's), or the
+    mean of all of them, so that the moving average starts from a class mean rather than one sample."""
     warmup_epochs: int = 3
     """Epochs 0 .. warmup_epochs-1 use static prototypes (paper: "the first 3 epochs")."""
     tau: float = 0.1
@@ -86,6 +89,10 @@ class EOPNetConfig:
     use_npm: bool = True
     weight_shifting: bool = True
     """beta = 1 - epoch/max_epoch (section 4.3.3); off: beta fixed at 0.5 (Table 4 row "DML")."""
+    weight_shift: Literal["epoch-start", "mid-epoch"] = "epoch-start"
+    """Where in each epoch beta is read: "epoch-start" (the paper's 1 - e/E: NPM unweighted in epoch 0, beta never
+    0) or "mid-epoch" (1 - (e + 0.5)/E, the mean over the epoch of a shift falling linearly from 1 to 0 over the
+    whole schedule: NPM trains in every epoch, also in a 1-epoch run)."""
     multi_task: bool = True
     """Coarse human-vs-background metric space (section 4.1, Table 4 "MT")."""
     contrastive: bool = True
@@ -155,7 +162,8 @@ class EOPNetConfig:
             raise ValueError(f"test_prototypes must be 'memory' or 'static', not {self.test_prototypes!r}")
         if self.foreground_screening and not self.multi_task:
             raise ValueError("foreground_screening needs the coarse space: set multi_task=True")
-        choices = {"contrastive_form": ("paper", "release"), "residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
+        choices = {"weight_shift": ("epoch-start", "mid-epoch"), "memory_warmup": ("overwrite", "running-mean"),
+                   "contrastive_form": ("paper", "release"), "residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
                    "background_mean": ("support", "all-ids"), "agm_absent": ("bias", "plain-features")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -251,14 +259,14 @@ class EOPNet(EpisodeModel):
         c, d = self.backbone.out_channels, cfg.embed_dim
         self.fine_proj = nn.Conv2d(c, d, 1)  # f_2 of eq. 1
         self.fine_memory = PrototypeMemory(cfg.num_classes, d, cfg.alpha, cfg.warmup_epochs, cfg.test_prototypes,
-                                           enabled=cfg.dynamic_prototypes)
+                                           enabled=cfg.dynamic_prototypes, warmup=cfg.memory_warmup)
         self.npm = NPMHead(cfg.npm_scale_init) if cfg.use_npm else None
         self.agm = AGMHead(d, cfg.agm_trunk, cfg.agm_adds_features) if cfg.use_agm else None
         if cfg.multi_task:
             self.coarse_proj = nn.Conv2d(c, d, 1)  # f_1 of eq. 1
             # slot 1 = human (slot 0, background, is unused: no background prototype is built, section 4.2)
             self.coarse_memory = PrototypeMemory(2, d, cfg.alpha, cfg.warmup_epochs, cfg.test_prototypes,
-                                                 enabled=cfg.dynamic_prototypes)
+                                                 enabled=cfg.dynamic_prototypes, warmup=cfg.memory_warmup)
             self.coarse_agm = AGMHead(d, cfg.agm_trunk)
         else:
             self.coarse_proj = self.coarse_memory = self.coarse_agm = None
@@ -357,7 +365,7 @@ class EOPNet(EpisodeModel):
     def _beta(self, epoch: int, max_epoch: int) -> float:
         cfg = self.config
         if cfg.use_agm and cfg.use_npm:
-            return beta_schedule(epoch, max_epoch, cfg.weight_shifting)
+            return beta_schedule(epoch, max_epoch, cfg.weight_shifting, 0.5 if cfg.weight_shift == "mid-epoch" else 0.0)
         return 1.0 if cfg.use_agm else 0.0
 
     def _runs_coarse(self) -> bool:

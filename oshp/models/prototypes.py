@@ -95,7 +95,8 @@ class PrototypeMemory(nn.Module):
 
     * during warm-up (``epoch < warmup_epochs``; the paper uses static prototypes "in the first 3 epochs", i.e. epochs
       0, 1, 2), or when the slot was never initialised, the static prototype p is used and the slot is
-      *overwritten* with ``p.detach()`` (``initialised`` is set);
+      *overwritten* with ``p.detach()`` (``initialised`` is set); with ``warmup="running-mean"`` the slot holds the
+      mean of every static prototype written to it instead, so the moving average starts from a class mean;
     * afterwards the prototype used is ``(1 - alpha) * memory + alpha * p`` (eq. 3; gradient flows only through the
       ``alpha * p`` part) and the slot becomes its detached value (``num_updates`` counts these momentum steps).
 
@@ -122,8 +123,12 @@ class PrototypeMemory(nn.Module):
         warmup_epochs: int = 3,
         test_prototypes: TestPrototypes = "memory",
         enabled: bool = True,
+        warmup: Literal["overwrite", "running-mean"] = "overwrite",
     ) -> None:
         super().__init__()
+        if warmup not in ("overwrite", "running-mean"):
+            raise ValueError(f"warmup must be 'overwrite' or 'running-mean', not {warmup!r}")
+        self.warmup = warmup
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1) (eq. 3), got {alpha}")
         if test_prototypes not in ("memory", "static"):
@@ -137,10 +142,12 @@ class PrototypeMemory(nn.Module):
         self.register_buffer("initialised", torch.zeros(num_slots, dtype=torch.bool))
         self.register_buffer("num_updates", torch.zeros(num_slots, dtype=torch.long))
         self.register_buffer("_touched", torch.zeros(num_slots, dtype=torch.bool), persistent=False)
+        if warmup == "running-mean":  # how many static prototypes each slot's warm-up mean holds (saved for resume)
+            self.register_buffer("warmup_count", torch.zeros(num_slots, dtype=torch.long))
 
     def extra_repr(self) -> str:
         return (f"slots={self.num_slots}, dim={self.dim}, alpha={self.alpha}, warmup_epochs={self.warmup_epochs}, "
-                f"test_prototypes={self.test_prototypes!r}, enabled={self.enabled}")
+                f"test_prototypes={self.test_prototypes!r}, enabled={self.enabled}, warmup={self.warmup!r}")
 
     def _check(self, static: torch.Tensor, slots: Sequence[int]) -> list[int]:
         slots = [int(s) for s in (slots.tolist() if isinstance(slots, torch.Tensor) else slots)]
@@ -173,7 +180,11 @@ class PrototypeMemory(nn.Module):
                 used = p
                 initialised[c] = True
                 with torch.no_grad():
-                    self.memory[c].copy_(p.detach())
+                    if self.warmup == "running-mean":  # memory <- mean of every static prototype written so far
+                        self.warmup_count[c] += 1
+                        self.memory[c] += (p.detach().to(self.memory.dtype) - self.memory[c]) / self.warmup_count[c]
+                    else:
+                        self.memory[c].copy_(p.detach())
                     self.initialised[c] = True
             else:
                 used = (1.0 - self.alpha) * self.memory[c].clone().to(p.dtype) + self.alpha * p
@@ -212,6 +223,8 @@ class PrototypeMemory(nn.Module):
     @torch.no_grad()
     def reset(self) -> None:
         """Forget every dynamic prototype."""
+        if self.warmup == "running-mean":
+            self.warmup_count.zero_()
         self.memory.zero_()
         self.initialised.zero_()
         self.num_updates.zero_()
