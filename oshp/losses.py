@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from .core.labels import IGNORE_INDEX
 
-__all__ = ["beta_schedule", "cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
+__all__ = ["beta_schedule", "cross_entropy", "class_balanced_cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
 
 
 def beta_schedule(epoch: float, max_epoch: float, weight_shifting: bool = True, at: float = 0.0) -> float:
@@ -46,6 +46,23 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
         raise ValueError(f"target holds ids outside 0..{logits.shape[1] - 1} (other than {ignore_index})")
     total = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum")
     return total / valid.sum().clamp_min(1)
+
+
+def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
+                                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """The mean over the classes present in ``target`` of each class's mean pixel CE.
+
+    Every present class weighs the same whatever its area, so a part covering 3% of the pixels is not outweighed by
+    the background (plain CE then learns the prior and predicts background everywhere). 0 when every pixel is ignored.
+    """
+    cross_entropy(logits, target, ignore_index)  # the same shape and id checks
+    target = target.long()
+    valid = target != ignore_index
+    per_pixel = F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="none")
+    present = torch.unique(target[valid])
+    if present.numel() == 0:
+        return per_pixel.sum() * 0.0
+    return torch.stack([per_pixel[target == c].mean() for c in present.tolist()]).mean()
 
 
 def dual_metric_loss(

@@ -31,8 +31,8 @@ def episode(size: int = 64, batch: int = 2, way: str = "k"):
 
 
 def pretrained(way: str = "k", steps: int = 3, **options) -> ft.FineTuning:
-    """A tiny model after a few supervised steps (so that its rows of 0, 2 and 4 count as learned)."""
-    model = tiny(way, **options).train()
+    """A tiny model after a few supervised steps (so that its rows of 0, 2 and 4 count as learned), on both labels."""
+    model = tiny(way, **{"support_loss_weight": 1.0, **options}).train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     q, s, sl, ql = episode(way=way)
     for _ in range(steps):
@@ -110,14 +110,21 @@ def test_local_target_maps_rows_and_ignores_the_rest():
 
 
 def test_training_touches_the_whole_parser_and_marks_learned_rows():
-    model = tiny()
     q, s, sl, ql = episode()
+    sl[0, 0:8, 40:60] = 7  # a base class of the support's parse that the query label does not hold
+    model = tiny()
     out = model.train()(q, s, sl, query_label=ql)
     out["loss"].backward()
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
-    assert model.learned.nonzero().flatten().tolist() == [0, 2, 4]
-    # k-way support CE covers every row (the support is a complete base parse): row 7 gets a gradient too
-    assert model.classifier.weight.grad[7].abs().sum() > 0
+    assert model.learned.nonzero().flatten().tolist() == [0, 2, 4, 7]
+    # the default target is the query label alone (the rule of every method): no support term
+    assert out["loss_support"].item() == 0 and out["loss"].item() == out["loss_query"].item()
+    both = tiny(support_loss_weight=1.0)
+    out = both.train()(q, s, sl, query_label=ql)
+    out["loss"].backward()
+    assert out["loss"].item() == pytest.approx(out["loss_query"].item() + out["loss_support"].item())
+    # k-way support CE covers every row (the support is a complete base parse): row 9, in no label, gets a gradient
+    assert both.classifier.weight.grad[9].abs().sum() > 0 and model.classifier.weight.grad[9].abs().sum() == 0
 
 
 def test_paper_configuration_on_the_meta_device():

@@ -10,7 +10,8 @@ import torch
 from toy import box_of_five_episode
 
 from oshp.models.registry import build_model
-from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, weighted_gap
+from oshp.models.pfenet import PFENet, PFENetConfig, bin_size, build, prior_mask, support_mask_on, weighted_gap
+from oshp.models.prototypes import downsample_mask
 
 TINY = "mobilenetv3_small_050"
 
@@ -63,6 +64,60 @@ def test_weighted_gap_and_bins():
     assert [bin_size(b, (60, 60)) for b in bins] == [(60, 60), (30, 30), (15, 15), (8, 8)]  # the release at 473 px
     assert [bin_size(b, (16, 16)) for b in bins] == [(16, 16), (8, 8), (4, 4), (2, 2)]  # 128 px
     assert bin_size(8 / 60, (64, 40)) == (8, 5) and bin_size(3, (64, 40)) == (3, 3)
+
+
+# ---------------------------------------------------------------------------------------------------- masks
+def thin_column(size: int = 64, batch: int = 1) -> torch.Tensor:
+    """A B x H x W mask of one 2-pixel column (x = 3, 4) that no stride-8 sample point hits."""
+    mask = torch.zeros(batch, size, size)
+    mask[:, :, 3:5] = 1.0
+    return mask
+
+
+def test_area_downsampling_keeps_a_thin_class_that_point_sampling_loses():
+    mask = thin_column()
+    assert downsample_mask(mask, (8, 8), "nearest").sum() == 0  # samples x = 0, 8, 16, ...
+    assert downsample_mask(mask, (8, 8), "bilinear").sum() == 0  # aligned corners: x = 0, 9, 18, ...
+    area = downsample_mask(mask, (8, 8), "area")
+    assert torch.allclose(area[0, :, 0], torch.full((8,), 0.25)) and area[0, :, 1:].sum() == 0
+    assert area.sum() * 64 == mask.sum()  # every annotated pixel is accounted for
+    assert torch.equal(support_mask_on(mask.unsqueeze(1), (8, 8)), area.unsqueeze(1))
+    # on the release's 473 px -> 60 grid the bilinear mode is the release's interpolation
+    big = (torch.rand(1, 1, 473, 473) > 0.5).float()
+    release = torch.nn.functional.interpolate(big, size=(60, 60), mode="bilinear", align_corners=True)
+    assert torch.equal(support_mask_on(big, (60, 60), "bilinear"), release)
+    with pytest.raises(ValueError, match="mask_downsample"):
+        PFENetConfig(mask_downsample="max")
+
+
+def test_a_thin_support_part_keeps_its_prior_only_with_area_masks():
+    """Support class 2 is a 2-pixel column: the release's bilinear masks lose it on the stride-8 grid (a flat prior,
+    an empty prototype); area masks keep it."""
+    q, s, _, _ = episode(batch=1)
+    label = (thin_column() * 2).long()
+    priors = {}
+    for mode in ("area", "bilinear"):
+        model = tiny(mask_downsample=mode).eval()
+        priors[mode] = model(q, s, label)["prior"]
+    assert priors["bilinear"].abs().max() == 0
+    assert priors["area"].max().item() == pytest.approx(1.0, abs=1e-4) and priors["area"].min() == 0
+
+
+def test_intermediate_supervision_at_every_scale_with_the_release_weights():
+    """PFENet's loss: main CE + aux_weight (1) x the mean of the CE of every FEM scale's classifier."""
+    model = tiny().train()
+    q, s, sl, ql = episode()
+    torch.manual_seed(0)
+    out = plain = model(q, s, sl, query_label=ql)
+    assert len(model.fem.inner_cls) == len(PFENetConfig().pyramid_bins) == 4
+    assert out["loss"].item() == pytest.approx(out["loss_main"].item() + out["loss_aux"].item(), rel=1e-6)
+    half = tiny(aux_weight=0.5).train()
+    torch.manual_seed(0)
+    out = half(q, s, sl, query_label=ql)
+    assert out["loss"].item() == pytest.approx(out["loss_main"].item() + 0.5 * out["loss_aux"].item(), rel=1e-6)
+    balanced = tiny(class_balanced_loss=True).train()
+    torch.manual_seed(0)
+    assert balanced(q, s, sl, query_label=ql)["loss"].item() != pytest.approx(plain["loss"].item())
 
 
 # ---------------------------------------------------------------------------------------------------- backbone

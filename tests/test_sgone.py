@@ -37,6 +37,16 @@ class _ImageAsFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    def fused_and_high(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+class _DeepIsPooled(_ImageAsFeatures):
+    """Stub whose deep map is the image average-pooled by 2 (a coarser grid than the fused map)."""
+
+    def fused_and_high(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, nn.functional.avg_pool2d(x, 2)
+
 
 def _center_tap(in_ch: int, out_ch: int) -> nn.Conv2d:
     """A 3x3 conv that copies input channel i to output channel i (i < out_ch)."""
@@ -83,6 +93,51 @@ def test_guidance_without_residual_and_kway_background_by_hand():
     # the guidance itself: features times similarity, nothing added
     h, m = torch.tensor([[[[3.0]], [[4.0]]]]), torch.tensor([[[0.5]]])
     assert torch.equal(SGOneHead.guide(h, m), torch.tensor([[[[1.5]], [[2.0]]]]))
+
+
+def test_guidance_reads_the_deep_map_and_is_upsampled_to_the_segmentation_grid():
+    """SG-One's guidance conv reads the deep features while segmentation reads the fused ones; "fused" reads one map."""
+    support = torch.zeros(1, 3, 2, 4)
+    support[0, 0, :, :2] = 1.0  # left 2 x 2 block: (1, 0, 0), class 2; right block: (0, 1, 0), class 4
+    support[0, 1, :, 2:] = 1.0
+    label = torch.tensor([[[2, 2, 4, 4], [2, 2, 4, 4]]])
+    query = torch.zeros(1, 3, 2, 4)
+    query[0, 0, :, :2] = 1.0  # left block (1, 0, 0); right block (1, 1, 0)
+    query[0, :2, :, 2:] = 1.0
+    sims = {}
+    for source in ("deep", "fused"):
+        model = build(18, "k", TINY, guide_dim=3, seg_dim=2, guidance_source=source)
+        model.backbone = _DeepIsPooled()
+        model.guidance = _center_tap(3, 3)
+        model.segmentation = _center_tap(3, 2)
+        sims[source] = model.eval()(query, support, label)["similarity"]
+    # deep: a 1 x 2 grid (left cos 1 to p_2, right cos 1/sqrt2), bilinearly upsampled to the 2 x 4 grid
+    deep = nn.functional.interpolate(torch.tensor([[[[1.0, 1 / math.sqrt(2)]]]]), size=(2, 4), mode="bilinear")
+    assert sims["deep"].shape == (2, 2, 4)
+    assert torch.allclose(sims["deep"][0], deep[0, 0], atol=1e-6)
+    # fused: every pixel on its own grid, no interpolation
+    assert torch.allclose(sims["fused"][0], torch.tensor([[1.0, 1.0, 0.5 ** 0.5, 0.5 ** 0.5]] * 2), atol=1e-6)
+    with pytest.raises(ValueError, match="guidance_source"):
+        SGOneConfig(guidance_source="shallow")
+
+
+def test_class_balanced_loss_weighs_each_class_the_same():
+    """The balanced loss is the mean of the per-class mean CE; with equal areas it equals plain CE."""
+    from oshp.losses import class_balanced_cross_entropy, cross_entropy
+
+    logits = torch.tensor([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]]).view(1, 2, 1, 4)
+    target = torch.tensor([[[0, 1, 1, 1]]])
+    per = nn.functional.cross_entropy(logits, target, reduction="none").flatten()
+    assert class_balanced_cross_entropy(logits, target).item() == pytest.approx(
+        0.5 * (per[0] + per[1:].mean()).item())
+    even = torch.tensor([[[0, 0, 1, 1]]])
+    assert class_balanced_cross_entropy(logits, even).item() == pytest.approx(cross_entropy(logits, even).item())
+    assert class_balanced_cross_entropy(logits, torch.full((1, 1, 4), 255)).item() == 0.0
+    model = tiny("1", class_balanced_loss=True).train()
+    q, s, sl, ql = random_episode(64, 1, second_class=False)
+    out = model(q, s, sl, query_label=ql)
+    target = model.restrict_query_label(ql, [[2]])
+    assert out["loss"].item() == pytest.approx(class_balanced_cross_entropy(out["pred"], target).item(), rel=1e-5)
 
 
 def test_background_is_the_mean_of_class_scores_per_sample():

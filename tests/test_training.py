@@ -29,7 +29,7 @@ def test_profiles_and_overrides():
     assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
     assert demo.backbone_weights == "synthetic" and make_config("smoke").backbone_weights is None
     quick = make_config("quick", method="amp")  # the quick budget keeps each method's demo settings
-    assert (quick.epochs, quick.lr, quick.model_options) == (4, 5e-3, {"embed_dim": 64})
+    assert (quick.epochs, quick.lr, quick.model_options) == (4, 2e-3, {"embed_dim": 64})
     assert make_config("quick").model_options["warmup_epochs"] == 1
     assert make_config("paper", method="panet").backbone == "vgg16"
     with pytest.raises(ValueError, match="unknown training settings"):

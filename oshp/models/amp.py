@@ -18,8 +18,9 @@ paper; the release's ``CosineSimLayer``), one learnable scale per resolution (in
 
 OSHP setting. The classifier rows are indexed by raw dataset id. Training is plain supervised parsing of the base
 classes (AMP trains its FCN8s on the base classes, then imprints at test time): per-pixel CE of the query over the
-episode's classes and of the support over every row (see :mod:`oshp.models.supervised` for why the two labels allow
-this); the paper's contender "carefully tunes a suitable learning rate" (set per profile in the registry). At test
+episode's classes. Like every method of the comparison it takes the query label as its only target;
+``support_loss_weight=1`` adds the support's full base-class parse as a second target, as AMP's own pre-training
+supervises every labelled image (see :mod:`oshp.models.supervised`). It trains at the profile's learning rate. At test
 time the support adapts the rows of its classes and of background (base classes: the alpha update; novel classes,
 whose rows were never trained: imprinted) on a per-episode copy; the model's own weights never change. k-way logits
 cover background and the support's classes (others LOW_LOGIT); 1-way: background and the support's class.
@@ -71,8 +72,10 @@ class AMPConfig:
     scale_init: float = 10.0
     """Initial temperature of each resolution's cosine scores."""
     learn_scale: bool = True
-    support_loss_weight: float = 1.0
-    """Weight of the support image's supervised CE in training (0: the query alone)."""
+    support_loss_weight: float = 0.0
+    """Weight of the support image's supervised CE in training. 0 (default): the query label is the only target, as
+    for every method of the comparison; 1: AMP's own pre-training, which supervises every labelled image of D_train
+    (so the support's full base-class parse too)."""
     mask_downsample: MaskMode = "area"
     """How the support mask reaches each feature grid for the masked proxies (see oshp.models.prototypes)."""
     align_corners: bool = False

@@ -412,11 +412,16 @@ class DeepLabFeatures(nn.Module):
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W RGB image in [0, 1] -> B x 256 x H/4 x W/4 features (g = G(I; theta) of section 4.1)."""
+        return self.fused_and_high(x)[0]
+
+    def fused_and_high(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused stride-4 map and the projected high-level map it was fused from (B x 256 x H/16 x W/16), for
+        heads that read the deep features apart from the fused ones."""
         feats = self.features(x)
         low = self.low_proj(feats[self.low_index])
         high = self.high_proj(feats[self.high_index])
-        high = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.fusion_align_corners)
-        return self.fuse(torch.cat([high, low], dim=1))
+        up = F.interpolate(high, size=low.shape[-2:], mode="bilinear", align_corners=self.fusion_align_corners)
+        return self.fuse(torch.cat([up, low], dim=1)), high
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The body's feature maps of an RGB image in [0, 1], with the low-level map where ``low_level_tap`` says."""

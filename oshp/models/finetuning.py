@@ -5,10 +5,10 @@ iterations. Specifically, we use the same backbone as EOP-Net and only fine-tune
 the classification layer." The parser is therefore EOP-Net's embedding network (:class:`DeepLabFeatures`) followed by
 a DeepLabV3+-style head: two 3x3 conv + BN + ReLU layers and a 1x1 classifier with one row per raw dataset id.
 
-Pre-training (training mode) is supervised parsing of the base classes (:mod:`oshp.models.supervised`): the support
-label is a complete base-class parse, so it supervises every row (k-way); the query label is restricted to the
-support's classes, so it supervises the episode's classes; 1-way labels are binary and supervise background vs the
-episode's class.
+Pre-training (training mode) is supervised parsing of the base classes (:mod:`oshp.models.supervised`): the query
+label, restricted to the support's classes, supervises the episode's classes (1-way: background vs the episode's
+class), the one target every method of the comparison trains on. ``support_loss_weight=1`` adds the support's label
+(a complete base-class parse, every row in k-way) as a second target.
 
 Test time (eval mode), for every query-support pair:
 
@@ -71,8 +71,10 @@ class FineTuningConfig:
     novel_init: str = "zero"
     """Rows of classes the classifier never learned: "zero" (the plain baseline; with lr 1e-3 it also scored best on
     the synthetic demo data) or "imprint" (masked average of the support's head features, AMP-like)."""
-    support_loss_weight: float = 1.0
-    """Pre-training: weight of the support image's supervised CE (0: the query alone)."""
+    support_loss_weight: float = 0.0
+    """Pre-training: weight of the support image's supervised CE. 0 (default): the query label is the only target, as
+    for every method of the comparison; 1: plain supervised pre-training on every labelled image of D_train (the
+    support's full base-class parse too)."""
     align_corners: bool = False
 
     def __post_init__(self) -> None:

@@ -28,6 +28,13 @@ finer's grid where they differ. The support's masking before the last stage is a
 produces the level before the last (see :class:`PFENet`). The bins are fractions of the feature grid (the release
 accepts fractions too), so they follow the input size.
 
+The support mask reaches each feature grid (masking before the last stage, the prototype, the prior) by area:
+each cell weighs the share of its pixels in the mask. The release interpolates the mask bilinearly with aligned
+corners, which at the stride samples isolated points and loses parts thinner than the stride (hair, shoes); that is
+``mask_downsample="bilinear"``. The release's optimiser scales its base learning rate 2.5e-3 by 10 for every trained
+layer, so the paper profile trains at 2.5e-2. ``class_balanced_loss=True`` (off, as in the release) weighs every
+class of the query label the same, for budgets where plain CE settles at the background prior.
+
 Deviations: the frozen backbone is kept in eval mode (BatchNorm uses its running statistics); the release calls
 ``model.train()`` on the whole network, so its frozen ResNet's BatchNorm normalises with batch statistics and drifts
 its running statistics during training. Freezing presumes pretrained weights: ``freeze_backbone="if_pretrained"``
@@ -47,11 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import cross_entropy
+from oshp.losses import class_balanced_cross_entropy, cross_entropy
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
+from oshp.models.prototypes import GridMode, downsample_mask
 
-__all__ = ["PFENetConfig", "PFENet", "FeatureEnrichment", "prior_mask", "weighted_gap", "bin_size", "build"]
+__all__ = ["PFENetConfig", "PFENet", "FeatureEnrichment", "prior_mask", "weighted_gap", "bin_size",
+           "support_mask_on", "build"]
 
 PFENET_BINS: tuple[float, ...] = (1.0, 0.5, 0.25, 8 / 60)
 """The release's bins 60, 30, 15, 8 at 473 px (a 60 x 60 stride-8 grid), as fractions of the feature grid."""
@@ -79,6 +88,14 @@ class PFENetConfig:
     15, 8 at 473 px)."""
     aux_weight: float = 1.0
     """Weight of the mean intermediate (per-scale) loss."""
+    class_balanced_loss: bool = False
+    """False: PFENet's plain pixel CE (main and intermediate). True: every class present in the query label weighs
+    the same (:func:`oshp.losses.class_balanced_cross_entropy`), so small parts are not outweighed by background."""
+    mask_downsample: GridMode = "area"
+    """How the support mask reaches each feature grid (masking before the last stage, the prototype, the prior):
+    "area" (default) weights each cell by the share of its pixels in the mask, so a thin part (hair, shoes) never
+    vanishes; "bilinear" is the release's (aligned-corner interpolation: point samples at the stride, which lose a
+    part thinner than the stride); "nearest" samples too."""
     mask_support_before_last_stage: bool = True
     """Compute the support's deepest features from its masked previous level (release: layer4(layer3 * mask))."""
     prior_chunk: int = 4096
@@ -99,6 +116,8 @@ class PFENetConfig:
                              f"{self.pyramid_bins}")
         if self.eval_size is not None and int(self.eval_size) < 8:
             raise ValueError(f"eval_size must be None or a size of at least 8 pixels, got {self.eval_size}")
+        if self.mask_downsample not in ("area", "bilinear", "nearest"):
+            raise ValueError(f"mask_downsample must be 'area', 'bilinear' or 'nearest', not {self.mask_downsample!r}")
         if int(self.prior_chunk) < 1:
             raise ValueError(f"prior_chunk must be positive, got {self.prior_chunk}")
 
@@ -109,6 +128,13 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(mask.shape[-2:]) == tuple(size):
         return mask
     return F.interpolate(mask, size=size, mode="bilinear", align_corners=True)
+
+
+def support_mask_on(mask: torch.Tensor, size: tuple[int, int], mode: GridMode = "area") -> torch.Tensor:
+    """B x 1 x H x W support mask -> B x 1 x h x w weights on a feature grid (see ``PFENetConfig.mask_downsample``)."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return downsample_mask(mask[:, 0], size, mode).unsqueeze(1).to(mask.dtype)
 
 
 def weighted_gap(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -192,8 +218,9 @@ class FeatureEnrichment(nn.Module):
                 merged = self.alpha_conv[i - 1](torch.cat([merged, prev], dim=1)) + merged
             merged = self.beta_conv[i](merged) + merged
             aux.append(self.inner_cls[i](merged))
-            previous = merged
-            merged_list.append(F.interpolate(merged, size=size, mode="bilinear", align_corners=True))
+            # the next scale reads this one from the full grid, as the release does
+            previous = F.interpolate(merged, size=size, mode="bilinear", align_corners=True)
+            merged_list.append(previous)
         x = self.res1(torch.cat(merged_list, dim=1))
         x = self.res2(x) + x
         return self.cls(x), aux
@@ -257,7 +284,8 @@ class PFENet(EpisodeModel):
         if mask is not None and self.config.mask_support_before_last_stage and target is not None:
             def apply_mask(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
                 kept["unmasked"] = output
-                return output * resize_mask(mask.to(output.dtype), tuple(output.shape[-2:]))
+                return output * support_mask_on(mask.to(output.dtype), tuple(output.shape[-2:]),
+                                                self.config.mask_downsample)
 
             hook = target.register_forward_hook(apply_mask)
         try:
@@ -312,10 +340,10 @@ class PFENet(EpisodeModel):
         s_levels = self._levels(support, mask)
         q_mid = self.down_query(self._mid(q_levels))
         s_mid = self.down_supp(self._mid(s_levels))
-        prototype = weighted_gap(s_mid, resize_mask(mask, tuple(s_mid.shape[-2:])))
+        prototype = weighted_gap(s_mid, support_mask_on(mask, tuple(s_mid.shape[-2:]), cfg.mask_downsample))
         s_high = s_levels[self.high_index]
-        prior = prior_mask(q_levels[self.high_index], s_high, resize_mask(mask, tuple(s_high.shape[-2:])),
-                           chunk=cfg.prior_chunk)
+        prior = prior_mask(q_levels[self.high_index], s_high,
+                           support_mask_on(mask, tuple(s_high.shape[-2:]), cfg.mask_downsample), chunk=cfg.prior_chunk)
         prior = resize_mask(prior, tuple(q_mid.shape[-2:]))
         logits, aux = self.fem(q_mid, prototype, prior)
 
@@ -325,9 +353,10 @@ class PFENet(EpisodeModel):
         out: dict[str, object] = {"pred": pred, "prior": prior, "classes": [tuple(c) for c in classes]}
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, classes)
-            loss_main = cross_entropy(pred, target)
+            ce = class_balanced_cross_entropy if cfg.class_balanced_loss else cross_entropy
+            loss_main = ce(pred, target)
             loss_aux = torch.stack([
-                cross_entropy(F.interpolate(a, size=size_in, mode="bilinear", align_corners=True), target)
+                ce(F.interpolate(a, size=size_in, mode="bilinear", align_corners=True), target)
                 for a in aux]).mean()
             out.update(loss_main=loss_main, loss_aux=loss_aux, loss=loss_main + cfg.aux_weight * loss_aux)
         return out

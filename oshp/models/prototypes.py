@@ -10,6 +10,8 @@ stride 4, the mask at input resolution, so the mask must be brought to the featu
   set the data layer uses when it restricts the query GT to the support's classes).
 * ``"nearest"``: the release's choice (facts 3.2, 1.7): the label is nearest-downsampled to 1/4 and cells are 0/1.
   A class thinner than about 4 px can disappear; it then drops out of the episode.
+* ``"bilinear"``: bilinear interpolation with aligned corners (PFENet's release). Downsampling by the stride this
+  samples the mask at isolated points, so like ``"nearest"`` it can lose a thin class entirely.
 
 Dynamic prototypes (eq. 3) live in :class:`PrototypeMemory`, one slot per raw class id.
 """
@@ -25,6 +27,7 @@ from torch import nn
 
 __all__ = [
     "MaskMode",
+    "GridMode",
     "TestPrototypes",
     "downsample_mask",
     "masked_average_pooling",
@@ -33,13 +36,16 @@ __all__ = [
 ]
 
 MaskMode = Literal["area", "nearest"]
+GridMode = Literal["area", "nearest", "bilinear"]
+"""Every way :func:`downsample_mask` brings a mask to a feature grid (``MaskMode`` plus PFENet's ``"bilinear"``)."""
 TestPrototypes = Literal["memory", "static"]
 
 
-def downsample_mask(mask: torch.Tensor, size: Sequence[int], mode: MaskMode = "area") -> torch.Tensor:
+def downsample_mask(mask: torch.Tensor, size: Sequence[int], mode: GridMode = "area") -> torch.Tensor:
     """N x H x W binary mask (bool/0-1) -> N x h x w weights on the feature grid (see the module docstring).
 
-    ``"area"`` gives the fraction of each cell covered by the mask; ``"nearest"`` gives 0/1 samples as in the release.
+    ``"area"`` gives the fraction of each cell covered by the mask, so no annotated pixel is lost; ``"nearest"`` gives
+    0/1 samples as in EOP-Net's release; ``"bilinear"`` interpolates with aligned corners as PFENet's release does.
     """
     if mask.dim() != 3:
         raise ValueError(f"mask must be N x H x W, got shape {tuple(mask.shape)}")
@@ -51,7 +57,9 @@ def downsample_mask(mask: torch.Tensor, size: Sequence[int], mode: MaskMode = "a
         return F.adaptive_avg_pool2d(m, size).squeeze(1)
     if mode == "nearest":
         return F.interpolate(m, size=size, mode="nearest").squeeze(1)
-    raise ValueError(f"mask downsampling mode must be 'area' or 'nearest', not {mode!r}")
+    if mode == "bilinear":
+        return F.interpolate(m, size=size, mode="bilinear", align_corners=True).squeeze(1)
+    raise ValueError(f"mask downsampling mode must be 'area', 'nearest' or 'bilinear', not {mode!r}")
 
 
 def masked_average_pooling(

@@ -13,9 +13,11 @@ defined by Eqs. (6) in our AGM except that it does not use residual learning"):
 
 * the shared trunk is EOP-Net's embedding network (:class:`DeepLabFeatures`: Xception-65 in the paper profile, with
   DeepLabV3+ low/high-level fusion, 256-d at stride 4). Its fusion already plays the role of SG-One's side branch
-  (low- and high-level features fused), so each branch is one 3x3 conv on the shared map, without ReLU, as the last
-  layer of each branch in SG-One (``cls`` and ``side5_1``): ``guidance`` (``guide_dim``, SG-One: 512 on VGG) and
-  ``segmentation`` (``seg_dim``, SG-One: 128);
+  (low- and high-level features fused), so each branch is one 3x3 conv without ReLU, as the last layer of each
+  branch in SG-One (``cls`` and ``side5_1``): ``guidance`` (``guide_dim``, SG-One: 512 on VGG) reads the deep
+  features (the projected stride-16 map, as SG-One's ``cls`` reads conv5; its similarity maps are upsampled
+  bilinearly to stride 4) and ``segmentation`` (``seg_dim``, SG-One: 128) reads the fused stride-4 map
+  (``guidance_source="fused"``: both read the fused map);
 * one prototype per support class (masked average pooling of the guidance features, eq. 2 of EOP-Net with the
   "area" mask weights of :mod:`oshp.models.prototypes`; SG-One upsamples the features to the mask instead, which is
   the same average with the features interpolated rather than held constant over each stride-4 cell);
@@ -31,6 +33,10 @@ Size (paper configuration, Xception-65, trainable parameters): 39.52 M, of which
 (Table 5 has no SG-One row); 132.5 GMACs for a 512 x 512 query and support with k = 5 (the head runs once per support
 class, 2.4 G each).
 
+Not kept: SG-One's optimiser (SGD, momentum 0.99, 10x the learning rate for the guidance conv, 2x for biases): every
+method here trains with one learning rate. ``class_balanced_loss=True`` (off, as in SG-One) weighs every class of the
+query label the same.
+
 Training budget: SG-One trains 100k steps at lr 1e-5 from ImageNet weights. In the CPU demo (about 150 AdamW steps)
 it stays at the all-background solution: within ~40 steps its similarity maps become nearly constant (cosine ~0.9
 everywhere, spread ~0.02), with or without the synthetic-pretrained backbone and at lr 2e-3 or 2e-4 (measured), while
@@ -42,9 +48,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import cross_entropy
+from oshp.losses import class_balanced_cross_entropy, cross_entropy
 from oshp.models.backbone import DeepLabFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import MaskMode, cosine_similarity_maps
@@ -67,8 +74,15 @@ class SGOneConfig:
     """Width of the guidance branch (SG-One: 512 on VGG-16; here the embedding network gives 256)."""
     seg_dim: int = 128
     """Width of the segmentation branch and of the head (SG-One: 128)."""
+    guidance_source: str = "deep"
+    """What the guidance branch reads: "deep", the backbone's projected high-level map (stride 16), as SG-One's guidance
+    conv reads VGG's conv5 while its segmentation branch fuses conv3-conv5; "fused", the same fused stride-4 map as the
+    segmentation branch. With "deep" the similarity maps are upsampled bilinearly to the segmentation grid."""
+    class_balanced_loss: bool = False
+    """False: SG-One's plain pixel CE. True: every class present in the query label weighs the same
+    (:func:`oshp.losses.class_balanced_cross_entropy`), so small parts are not outweighed by background."""
     mask_downsample: MaskMode = "area"
-    """How the support mask reaches the stride-4 grid for masked average pooling (oshp.models.prototypes)."""
+    """How the support mask reaches the guidance grid for masked average pooling (oshp.models.prototypes)."""
     align_corners: bool = False
     """Bilinear upsampling of the logits to the query's size."""
 
@@ -77,6 +91,8 @@ class SGOneConfig:
             raise ValueError(f"way must be 'k' or '1', not {self.way!r}")
         if self.mask_downsample not in ("area", "nearest"):
             raise ValueError(f"mask_downsample must be 'area' or 'nearest', not {self.mask_downsample!r}")
+        if self.guidance_source not in ("deep", "fused"):
+            raise ValueError(f"guidance_source must be 'deep' or 'fused', not {self.guidance_source!r}")
         for name in ("guide_dim", "seg_dim"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive width, got {getattr(self, name)}")
@@ -171,15 +187,16 @@ class SGOne(EpisodeModel):
                                                              query_label, query_human)
         n = query.shape[0]
         if query.shape == support.shape:  # one siamese pass when the sizes allow it
-            g = self.backbone(torch.cat([query, support], dim=0))
-            gq, gs = g[:n], g[n:]
+            g, d = self._maps(torch.cat([query, support], dim=0))
+            (gq, gs), (dq, ds) = (g[:n], g[n:]), (d[:n], d[n:])
         else:
-            gq, gs = self.backbone(query), self.backbone(support)
-        state = self._encode_support(gs, support_label, support.shape[1])
-        out = self._parse_query(query, gq, state)
+            (gq, dq), (gs, ds) = self._maps(query), self._maps(support)
+        state = self._encode_support(ds, support_label, support.shape[1])
+        out = self._parse_query(query, gq, dq, state)
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, state.classes)
-            loss = cross_entropy(out["pred"], target)  # type: ignore[arg-type]
+            ce = class_balanced_cross_entropy if self.config.class_balanced_loss else cross_entropy
+            loss = ce(out["pred"], target)  # type: ignore[arg-type]
             out.update(loss_seg=loss, loss=loss)
         return out
 
@@ -192,7 +209,7 @@ class SGOne(EpisodeModel):
         check_image("support", support)
         support_label = self.check_label("support_label", support_label, support, "support")
         self.check_support_foreground(support_label)
-        return self._encode_support(self.backbone(support), support_label, support.shape[1])
+        return self._encode_support(self._maps(support)[1], support_label, support.shape[1])
 
     def forward_with_support(self, query: torch.Tensor, cache: SGOneSupport) -> dict[str, object]:
         """Parse ``query`` with a support from :meth:`encode_support` (eval mode); same outputs as ``forward``."""
@@ -203,9 +220,14 @@ class SGOne(EpisodeModel):
         check_image("query", query)
         if query.shape[1] != cache.channels:
             raise ValueError(f"query has {query.shape[1]} channels and support {cache.channels}")
-        return self._parse_query(query, self.backbone(query), cache.expand(query.shape[0]))
+        return self._parse_query(query, *self._maps(query), cache.expand(query.shape[0]))
 
     # ------------------------------------------------------------------------------------------------ branches
+    def _maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input of the segmentation branch, input of the guidance branch) of a batch of images."""
+        fused, deep = self.backbone.fused_and_high(images)
+        return fused, deep if self.config.guidance_source == "deep" else fused
+
     def _encode_support(self, gs: torch.Tensor, support_label: torch.Tensor, channels: int) -> SGOneSupport:
         """Guidance branch of the support and masked average pooling: one prototype per support class."""
         us = self.guidance(gs)
@@ -222,14 +244,19 @@ class SGOne(EpisodeModel):
                 protos[b] = protos[b][keep]
         return SGOneSupport(classes=classes, prototypes=protos, channels=channels)
 
-    def _parse_query(self, query: torch.Tensor, gq: torch.Tensor, support: SGOneSupport) -> dict[str, object]:
-        """Similarity maps of the query's guidance features, guided segmentation head, logits over raw ids."""
+    def _parse_query(self, query: torch.Tensor, gq: torch.Tensor, dq: torch.Tensor,
+                     support: SGOneSupport) -> dict[str, object]:
+        """Similarity maps of the query's guidance features (from ``dq``), guided segmentation head (on ``gq``),
+        logits over raw ids."""
         n = query.shape[0]
-        uq = self.guidance(gq)
+        uq = self.guidance(dq)
         hq = self.segmentation(gq)
         group, channel = self.episode_index(support.classes, gq.device)
         sims = torch.cat([cosine_similarity_maps(uq[b:b + 1], support.prototypes[b].unsqueeze(0))[0]
                           for b in range(n)], dim=0)  # P x h x w
+        if sims.shape[-2:] != hq.shape[-2:]:  # deep guidance: to the segmentation grid
+            sims = F.interpolate(sims.unsqueeze(1), size=hq.shape[-2:], mode="bilinear",
+                                 align_corners=False).squeeze(1)
         fg, bg = self.head(hq.index_select(0, group), sims, group, n)
         logits = self.scatter_logits(fg, bg, group, channel)
         pred = self.upsample(logits, tuple(query.shape[-2:]), self.config.align_corners)

@@ -7,13 +7,14 @@ the base classes of D_train by plain supervised parsing and only meet a novel cl
 * which classifier rows were ever learned (a persistent ``learned`` buffer: background and every class that was a
   training target), so that test time knows which rows hold knowledge and which must come from the support;
 * the logit layout of :class:`~oshp.models.episode.EpisodeModel` from "scores over every row";
-* the supervised losses of a training episode. What the labels of an episode can supervise
-  (``oshp.data.episodes.make_episode``): in meta-training the *support* label is a complete parse of the base
-  classes (every base class of the support image keeps its id; novel classes are background), so in k-way it
-  supervises a softmax over every row. The k-way *query* label is restricted to the support's classes (a base class
-  the support lacks is background there), so it only supervises a softmax over the episode's classes (background and
-  the support's classes), exactly what ``"pred"`` holds. 1-way labels are binary (the episode's class vs everything
-  else), so both images supervise background vs that class only.
+* the supervised losses of a training episode. By default the *query* label is the only target, as for every method
+  of the comparison (an episode maps the support and its mask to the query's mask): restricted to the support's
+  classes (``oshp.data.episodes.make_episode``), it supervises a softmax over the episode's classes (background and
+  the support's classes), exactly what ``"pred"`` holds. ``support_loss_weight > 0`` adds the *support* label as a
+  second target, as plain supervised pre-training on every labelled image of D_train would: it is a complete parse of
+  the base classes, so in k-way it supervises a softmax over every row; 1-way labels are binary (the episode's class
+  vs everything else), so there it supervises background vs that class only. That doubles the labelled pixels an
+  episode trains on, so it is an option, not the default.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class RawIdClassifierModel(EpisodeModel):
 
     learned: torch.Tensor
 
-    def __init__(self, num_classes: int, way: str, support_loss_weight: float = 1.0) -> None:
+    def __init__(self, num_classes: int, way: str, support_loss_weight: float = 0.0) -> None:
         super().__init__(num_classes, way)
         if support_loss_weight < 0:
             raise ValueError(f"support_loss_weight must be >= 0, got {support_loss_weight}")
