@@ -67,8 +67,8 @@ def _breakdown(counter: FlopCounterMode, model: nn.Module) -> dict[str, float]:
         body = f"{root}.backbone.body"
         if body in counts:
             out["backbone.body"] = sum(counts[body].values()) / 2 / 1e9
-            out["backbone.fusion"] = out["backbone"] - out["backbone.body"]
-            del out["backbone"]
+            if "backbone" in out:  # absent when a method reads the body's levels alone (no fusion run)
+                out["backbone.fusion"] = out.pop("backbone") - out["backbone.body"]
     out["other"] = total / 2 / 1e9 - sum(out.values())
     return out
 
