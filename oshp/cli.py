@@ -292,7 +292,8 @@ def _add_evaluate(sub) -> None:
                    "runs; writes RUN/metrics_static_novel.json)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a test-time model option for this evaluation only, e.g. test_prototypes=static (every class "
-                   "from the support: strict one-shot) or foreground_screening=true (the release's screening); "
+                   "from the support: strict one-shot) or foreground_screening=false (no screening by the coarse "
+                   "head); "
                    "written to RUN/metrics_KEY-VALUE.json")
     p.add_argument("--binary-every", type=int, default=None, metavar="N",
                    help="1-way Binary-IoU pools every N-th pair (default: 1; 10 for a converted release checkpoint, "

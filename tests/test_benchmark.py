@@ -116,7 +116,7 @@ def smoke_run(tiny_synthetic, tmp_path_factory, single_thread):
 
 
 def test_fast_path_check_on_random_weights_is_uninformative():
-    model = tiny()
+    model = tiny(foreground_screening=False)  # the fine head alone: its random cosines tie on nearly every pixel
     episodes = [band_episode(1, 64, 3, seed=s) for s in range(2)]
     trivial = fast_path_check(model, episodes, "cpu", amp=False, channels_last=False)
     assert trivial["applies"] is False and trivial["passed"] is True

@@ -188,7 +188,7 @@ def test_npm_background_map_on_hand_made_similarities():
 
 
 def test_agm_not_executed_at_eval():
-    model = tiny()
+    model = tiny(foreground_screening=False)
     calls = []
     model.agm.register_forward_hook(lambda *a: calls.append(1))
     q, s, sl, ql = episode()
@@ -307,6 +307,19 @@ def test_state_dict_round_trip_keeps_prototype_memory(tmp_path):
     model.eval(), other.eval()
     with torch.no_grad():
         assert torch.allclose(model(q, s, sl)["pred"], other(q, s, sl)["pred"])
+
+
+def test_screening_is_on_by_default_where_the_coarse_space_exists():
+    assert EOPNetConfig().screens and not EOPNetConfig(foreground_screening=False).screens
+    assert not EOPNetConfig.ablation("DML+WS").screens  # no coarse head, nothing to screen with
+    model = tiny().eval()
+    q, s, sl, _ = episode()
+    with torch.no_grad():
+        out = model(q, s, sl)
+    background = out["coarse"].argmax(1) == 0
+    assert bool(background.any()) and torch.all(out["pred"].argmax(1)[background] == 0)
+    with pytest.raises(ValueError, match="coarse space"):
+        EOPNetConfig(multi_task=False, foreground_screening=True)
 
 
 def test_foreground_screening_and_release_preset():

@@ -109,7 +109,7 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
     """(config, model in eval mode, device, checkpoint) of a run folder or a checkpoint file.
 
     ``options``: model options that replace the run's for this model only, e.g. ``{"test_prototypes": "static"}``
-    (every class from the support: strict one-shot) or ``{"foreground_screening": True}`` (the release's test rule).
+    (every class from the support: strict one-shot) or ``{"foreground_screening": False}`` (no coarse screening).
     Options that would change the weights (``embed_dim``, ``use_agm``, ...) are refused with a clear error.
     """
     run = Path(run) if run is not None else None
@@ -134,7 +134,7 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
             raise
         raise DatasetError(f"the option(s) {sorted(options)} change the weights of the model in {path}, so they "
                            f"cannot change at evaluation; only test-time options can (e.g. test_prototypes=static, "
-                           f"foreground_screening=true, restrict_to_support=false)") from err
+                           f"foreground_screening=false, restrict_to_support=false)") from err
     return cfg, model.to(dev).eval(), dev, ckpt
 
 

@@ -188,9 +188,9 @@ class SGOne(EpisodeModel):
         n = query.shape[0]
         if query.shape == support.shape:  # one siamese pass when the sizes allow it
             g, d = self._maps(torch.cat([query, support], dim=0))
-            (gq, gs), (dq, ds) = (g[:n], g[n:]), (d[:n], d[n:])
+            gq, (dq, ds) = g[:n], (d[:n], d[n:])  # the support's guidance reads its deep map only
         else:
-            (gq, dq), (gs, ds) = self._maps(query), self._maps(support)
+            (gq, dq), (_, ds) = self._maps(query), self._maps(support)
         state = self._encode_support(ds, support_label, support.shape[1])
         out = self._parse_query(query, gq, dq, state)
         if self.training and query_label is not None:
