@@ -60,7 +60,8 @@ def test_complexity_tiny_backbone_report():
     assert r["image_size"] == 64 and r["ways"] == 3 and r["gmacs"] > 0
     assert sum(r["breakdown_gmacs"].values()) == pytest.approx(r["gmacs"], rel=1e-6)
     assert "agm" not in r["breakdown_gmacs"] and r["breakdown_gmacs"]["coarse_agm"] > 0  # AGM skipped at eval
-    lighter = complexity(image_size=64, ways=3, backbone="mobilenetv3_small_050", embed_dim=32, coarse_at_eval=False)
+    lighter = complexity(image_size=64, ways=3, backbone="mobilenetv3_small_050", embed_dim=32, coarse_at_eval=False,
+                         foreground_screening=False)  # the NPM-only path: no coarse head at all
     assert lighter["gmacs"] < r["gmacs"] and "coarse_agm" not in lighter["breakdown_gmacs"]
     assert r["paper"] == get_method("eopnet").table5 and r["method"] == "eopnet"
     with pytest.raises(ValueError, match="unknown method 'nosuchnet'.*eopnet"):

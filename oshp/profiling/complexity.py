@@ -87,7 +87,8 @@ def complexity(
     Builds the model with random weights (nothing is downloaded) and runs one real forward on the CPU under
     FlopCounterMode (the episode classes are data dependent, so a meta-device forward is not possible; a paper-size
     forward at 512 px takes a few seconds to a minute on a CPU). ``backbone`` defaults to the method's paper backbone;
-    ``model_options`` go to the method's builder (e.g. ``coarse_at_eval=False`` for EOP-Net's NPM-only path).
+    ``model_options`` go to the method's builder (e.g. ``coarse_at_eval=False, foreground_screening=False`` for
+    EOP-Net's NPM-only path).
 
     Returns a dict with ``params_m`` (trainable, millions), ``params_total_m``, ``gmacs``, ``breakdown_gmacs`` (per
     component), ``image_size``, ``ways``, ``method``, ``backbone``, ``counter`` (how MACs were counted), ``seconds``,
