@@ -21,6 +21,7 @@ from oshp.data.pairs import balanced_subset, default_test_pairs
 from oshp.engine.evaluate import background_baseline
 from oshp.models.registry import METHODS
 from oshp.report.tables import to_markdown
+from oshp.study import plans as pl
 from oshp.study import reproduce as rp
 
 METRICS = ("novel_miou", "base_miou", "human_miou")
@@ -28,7 +29,7 @@ METRICS = ("novel_miou", "base_miou", "human_miou")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="demo", choices=tuple(rp.PLANS))
+    p.add_argument("--profile", default="demo", choices=tuple(pl.PLANS))
     p.add_argument("--train-profile", default=None, help="train with this training profile's own budget instead")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS))
@@ -38,10 +39,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/methods_seeds.json"))
     args = p.parse_args()
-    plan = rp.get_plan(args.profile, args.train_profile)
-    paths = rp.resolve_paths(plan, out_dir=args.out_dir)
+    plan = pl.get_plan(args.profile, args.train_profile)
+    paths = pl.resolve_paths(plan, out_dir=args.out_dir)
     rp.prepare_data(plan, paths)
-    specs = {(m, w, s): rp.RunSpec(m, w, args.fold, s, "atr") for m in args.methods for w in args.ways
+    specs = {(m, w, s): pl.RunSpec(m, w, args.fold, s, "atr") for m in args.methods for w in args.ways
              for s in args.seeds if w in METHODS[m].ways}
     runs = rp.ensure_runs(specs.values(), plan, paths, workers=args.workers)
     ds = ReleaseLayoutDataset.open(paths.data["atr"])

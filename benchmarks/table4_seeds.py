@@ -16,6 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
+from oshp.study import plans as pl
 from oshp.study import reproduce as rp
 from oshp.report.tables import ablation_table, to_markdown
 
@@ -24,7 +25,7 @@ METRICS = ("novel_miou", "base_miou", "human_miou")
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="demo", choices=tuple(rp.PLANS))
+    p.add_argument("--profile", default="demo", choices=tuple(pl.PLANS))
     p.add_argument("--train-profile", default=None,
                    help="train with this training profile's own budget instead (e.g. demo: 10 x 800 episodes a run)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -32,14 +33,14 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/table4_seeds.json"))
     args = p.parse_args()
-    plan = rp.get_plan(args.profile, args.train_profile)
-    paths = rp.resolve_paths(plan, out_dir=args.out_dir)
+    plan = pl.get_plan(args.profile, args.train_profile)
+    paths = pl.resolve_paths(plan, out_dir=args.out_dir)
     rp.prepare_data(plan, paths)
-    specs = {(name, seed): rp.RunSpec("eopnet", "k", 1, seed, "atr", variant)
-             for name, variant in rp.TABLE4_VARIANTS for seed in args.seeds}
+    specs = {(name, seed): pl.RunSpec("eopnet", "k", 1, seed, "atr", variant)
+             for name, variant in pl.TABLE4_VARIANTS for seed in args.seeds}
     runs = rp.ensure_runs(specs.values(), plan, paths, workers=args.workers)
     rows = []
-    for name, _ in rp.TABLE4_VARIANTS:
+    for name, _ in pl.TABLE4_VARIANTS:
         results = [rp.load_result(runs[specs[(name, seed)]]) for seed in args.seeds]
         row = {"method": name, "seeds": args.seeds}
         for metric in METRICS:

@@ -1,7 +1,10 @@
 """Set-up stays consistent: pinned versions agree, CI runs the README's test command, package data ships."""
 
 import re
+import runpy
 import tomllib
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,3 +46,17 @@ def test_official_files_are_package_data():
     from fnmatch import fnmatch
 
     assert all(any(fnmatch(f, pattern) for pattern in data) for f in shipped)
+
+
+BENCHMARKS = sorted((Path(__file__).resolve().parent.parent / "benchmarks").glob("*.py"))
+
+
+@pytest.mark.parametrize("script", BENCHMARKS, ids=lambda p: p.name)
+def test_benchmark_scripts_load_and_parse_their_flags(script, monkeypatch, capsys):
+    """Every benchmark script loads against the package as it is and builds its flags (`--help`), so that a name
+    that moved in the package fails here rather than in a user's hands; nothing is measured."""
+    namespace = runpy.run_path(str(script), run_name="benchmark_import_check")  # main() is not run on import
+    monkeypatch.setattr("sys.argv", [str(script), "--help"])
+    with pytest.raises(SystemExit) as done:
+        namespace["main"]()
+    assert done.value.code == 0 and "usage" in capsys.readouterr().out
