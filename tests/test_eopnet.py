@@ -417,3 +417,15 @@ def test_release_contrastive_form_adds_a_background_row_and_the_unrestricted_que
             module.eval()
     other = paper(q, s, sl, support_human=human_s, query_label=ql, query_human=human_q, epoch=0, max_epoch=3)
     assert other["loss_nca"].item() != pytest.approx(out["loss_nca"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("option, value", [("agm_trunk", "dense"), ("mask_downsample", "bilinear"),
+                                           ("test_prototypes", "dynamic"), ("weight_shift", "per-step"),
+                                           ("memory_warmup", "ema"), ("contrastive_form", "both"),
+                                           ("residual_input", "relu"), ("low_level_tap", "after"),
+                                           ("background_mean", "all"), ("agm_absent", "zero")])
+def test_config_refuses_unknown_choices(option, value):
+    with pytest.raises(ValueError, match=f"{option} must be one of"):
+        EOPNetConfig(**{option: value})
+    with pytest.raises(ValueError, match="all-ids"):
+        EOPNetConfig(way="1", background_mean="all-ids")

@@ -290,7 +290,7 @@ class DeepLabFeatures(nn.Module):
         fusion_align_corners: ``align_corners`` of the stride-16 -> stride-4 upsampling (the release: True).
 
     The last four change what the network computes, never its weights, so they can differ between training and
-    evaluation; :func:`oshp.models.release.release_backbone_options` gives the release's values.
+    evaluation; ``EOPNetConfig.release_compat`` (oshp.models.eopnet) gives the release's values.
     """
 
     out_channels: int = 256

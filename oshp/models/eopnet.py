@@ -157,28 +157,24 @@ class EOPNetConfig:
             raise ValueError("at least one of use_agm and use_npm must be on")
         if self.num_classes < 2 or self.num_classes > 255:
             raise ValueError(f"num_classes must be in 2..255 (raw ids, 255 = ignore), got {self.num_classes}")
-        if self.agm_trunk not in ("release", "separable"):
-            raise ValueError(f"agm_trunk must be 'release' or 'separable', not {self.agm_trunk!r}")
-        if self.mask_downsample not in ("area", "nearest"):
-            raise ValueError(f"mask_downsample must be 'area' or 'nearest', not {self.mask_downsample!r}")
-        if self.test_prototypes not in ("memory", "static"):
-            raise ValueError(f"test_prototypes must be 'memory' or 'static', not {self.test_prototypes!r}")
+        choices = {"agm_trunk": ("release", "separable"), "mask_downsample": ("area", "nearest"),
+                   "test_prototypes": ("memory", "static"), "weight_shift": ("epoch-start", "mid-epoch"),
+                   "memory_warmup": ("overwrite", "running-mean"), "contrastive_form": ("paper", "release"),
+                   "residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
+                   "background_mean": ("support", "all-ids"), "agm_absent": ("bias", "plain-features")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
         if self.foreground_screening and not self.multi_task:
             raise ValueError("foreground_screening needs the coarse space: set multi_task=True")
+        if self.background_mean == "all-ids" and self.way == "1":
+            raise ValueError("background_mean='all-ids' is the release's k-way background; 1-way episodes have one "
+                             "class, so use 'support'")
 
     @property
     def screens(self) -> bool:
         """Whether test-time predictions are screened by the coarse head (see ``foreground_screening``)."""
         return self.multi_task if self.foreground_screening is None else bool(self.foreground_screening)
-        choices = {"weight_shift": ("epoch-start", "mid-epoch"), "memory_warmup": ("overwrite", "running-mean"),
-                   "contrastive_form": ("paper", "release"), "residual_input": ("input", "rectified"), "low_level_tap": ("activated", "pre-activation"),
-                   "background_mean": ("support", "all-ids"), "agm_absent": ("bias", "plain-features")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {getattr(self, name)!r}")
-        if self.background_mean == "all-ids" and self.way == "1":
-            raise ValueError("background_mean='all-ids' is the release's k-way background; 1-way episodes have one "
-                             "class, so use 'support'")
 
     @classmethod
     def release_compat(cls, **overrides: object) -> "EOPNetConfig":
@@ -188,12 +184,12 @@ class EOPNetConfig:
         ``warmup_epochs=26`` (the release's ``epoch <= prototype_warmup`` with 25 keeps epochs 0..25 static),
         ``test_prototypes="memory"``, ``foreground_screening=True``, ``restrict_to_support=False``,
         ``mask_downsample="nearest"``, ``align_corners=True``, ``eval_agm=True``; and its network: ``bn_eps=1e-5``,
-        ``residual_input="rectified"``, ``low_level_tap="pre-activation"``, ``fusion_align_corners=True``,
-        ``agm_absent="plain-features"``, per way ``background_mean="all-ids"`` (k-way) or
-        ``agm_adds_features=False`` (1-way), and with an aligned Xception backbone (the release's)
-        ``residual_input="rectified"`` and ``low_level_tap="pre-activation"``, which other backbones do not have. The coarse space's epoch-as-warm-up flag is not reproduced: at test
-        time the release's coarse space is static, which ``test_prototypes="memory"`` gives for a converted
-        checkpoint (its coarse memory is marked never updated).
+        ``fusion_align_corners=True``, ``agm_absent="plain-features"``, per way ``background_mean="all-ids"``
+        (k-way) or ``agm_adds_features=False`` (1-way), and with an aligned Xception backbone (the release's)
+        ``residual_input="rectified"`` and ``low_level_tap="pre-activation"``, which other backbones do not have.
+        The coarse space's epoch-as-warm-up flag is not reproduced: at test time the release's coarse space is
+        static, which ``test_prototypes="memory"`` gives for a converted checkpoint (its coarse memory is marked
+        never updated).
         """
         one_way = str(overrides.get("way", cls.way)) == "1"
         base: dict = dict(warmup_epochs=26, test_prototypes="memory", foreground_screening=True,
