@@ -27,8 +27,9 @@ from ..core.env import device_name, versions
 from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
 from .run import load_run_model, metrics_name
+from ..models.episode import restrict_label
 from ..models.prototypes import PrototypeMemory
-from ..core.labels import BACKGROUND, IGNORE_INDEX
+from ..core.labels import IGNORE_INDEX
 
 
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -57,11 +58,7 @@ def restrict_to_model_classes(target: torch.Tensor, classes: list[tuple[int, ...
     if classes is None:
         raise ValueError(f"{type(model).__name__} does not report the classes of its episodes, so gt_classes='model' "
                          f"cannot be applied: evaluate it with gt_classes='support'")
-    out = target.clone()
-    for b, ids in enumerate(classes):
-        keep = torch.as_tensor([BACKGROUND, IGNORE_INDEX, *ids], dtype=target.dtype, device=target.device)
-        out[b][~torch.isin(target[b], keep)] = BACKGROUND
-    return out
+    return restrict_label(target, classes)
 
 
 def one_way_to_class(pred: torch.Tensor, class_id: int, channels: int) -> torch.Tensor:

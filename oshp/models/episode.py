@@ -9,6 +9,7 @@ logits have two channels (background, the support's class).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from oshp.models.prototypes import MaskMode, downsample_mask, masked_average_poo
 from ..core.errors import UnknownOptionError
 from ..core.labels import BACKGROUND
 
-__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "check_image", "is_int_tensor"]
+__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "check_image", "is_int_tensor", "restrict_label"]
 
 LOW_LOGIT = -1.0e4
 """Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
@@ -48,6 +49,17 @@ def resolve_config(config: Any, default_type: type, overrides: dict[str, Any]) -
     every model takes ``Model(config)``, ``Model(**fields)`` or both."""
     cfg = config if config is not None else default_type()
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def restrict_label(label: torch.Tensor, classes: Sequence[Sequence[int]], way: str = "k") -> torch.Tensor:
+    """B x H x W labels limited to each sample's episode classes: the others become background, 255 stays 255
+    (k-way keeps raw ids; 1-way maps the episode's class to 1)."""
+    out = torch.zeros_like(label)
+    out[label == IGNORE_INDEX] = IGNORE_INDEX
+    for b, ids in enumerate(classes):
+        for c in ids:
+            out[b][label[b] == c] = c if way == "k" else 1
+    return out
 
 
 def check_image(name: str, img: object) -> None:
@@ -221,12 +233,7 @@ class EpisodeModel(nn.Module):
 
     def restrict_query_label(self, query_label: torch.Tensor, classes: list[list[int]]) -> torch.Tensor:
         """Query GT limited to each episode's support classes (k-way: raw ids; 1-way: 0/1). 255 stays 255."""
-        out = torch.zeros_like(query_label)
-        out[query_label == IGNORE_INDEX] = IGNORE_INDEX
-        for b, ids in enumerate(classes):
-            for c in ids:
-                out[b][query_label[b] == c] = c if self.way == "k" else 1
-        return out
+        return restrict_label(query_label, classes, self.way)
 
     @torch.no_grad()
     def predict(self, query: torch.Tensor, support: torch.Tensor, support_label: torch.Tensor,
