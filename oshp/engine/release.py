@@ -22,7 +22,7 @@ from ..core.labels import check_way
 from ..data.vocab import get_dataset
 from ..models.release import ConvertedState, convert_release_state, is_deeplab_state, is_release_state
 from .config import make_config
-from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, atomic_save, model_from_config, run_files
+from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, atomic_save, model_from_config, run_files, state_mismatch
 
 __all__ = ["RELEASE_REPORT", "read_release_checkpoint", "convert_release"]
 
@@ -82,10 +82,9 @@ def _check_fit(converted: ConvertedState, model: torch.nn.Module, path: Path) ->
     """Every model tensor filled with its shape, or one line naming the release keys and what was expected."""
     expected = model.state_dict()
     source = {target: key for key, target in converted.mapped.items()}
-    missing = [k for k in expected if k not in converted.state]
-    unexpected = [k for k in converted.state if k not in expected]
+    missing, unexpected, reshaped_keys = state_mismatch(expected, converted.state)
     reshaped = [f"{source.get(k, k)} is {tuple(converted.state[k].shape)}, expected {tuple(expected[k].shape)}"
-                for k in expected if k in converted.state and converted.state[k].shape != expected[k].shape]
+                for k in reshaped_keys]
     problems = []
     if converted.unknown:
         problems.append(f"{len(converted.unknown)} unknown keys (first: {converted.unknown[0]})")

@@ -62,12 +62,17 @@ def model_from_config(cfg: TrainConfig, num_classes: int) -> torch.nn.Module:
                        pretrained=cfg.pretrained, backbone_weights=cfg.backbone_weights, **cfg.model_options)
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
-    """Load a checkpoint's weights strictly; a mismatch is summarised in one line (torch lists every key)."""
-    expected = model.state_dict()
+def state_mismatch(expected: dict, state: dict) -> tuple[list[str], list[str], list[str]]:
+    """Keys of ``expected`` that ``state`` lacks, keys it has that ``expected`` does not, and keys of another shape."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    return missing, unexpected, reshaped
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    """Load a checkpoint's weights strictly; a mismatch is summarised in one line (torch lists every key)."""
+    missing, unexpected, reshaped = state_mismatch(model.state_dict(), state)
     if missing or unexpected or reshaped:
         parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
                  (("missing keys", missing), ("unexpected keys", unexpected), ("tensors of another shape", reshaped))
