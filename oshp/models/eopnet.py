@@ -235,6 +235,8 @@ class SupportCache(CachedSupport):
     background: torch.Tensor | None = None
     """B x D fine-space background prototypes over the support's non-human pixels (training with the release's
     contrastive form only)."""
+    background_present: torch.Tensor | None = None
+    """B bools: the support has non-human pixels (its background prototype is not a zero placeholder)."""
 
     def expand(self, n: int) -> "SupportCache":
         """The cache for a query batch of ``n``: itself when it holds ``n`` supports, one support repeated n times."""
@@ -421,22 +423,24 @@ class EOPNet(EpisodeModel):
                 used = self.coarse_memory(h_proto.index_select(0, idx), [1] * idx.numel(), epoch)
                 h_proto = h_proto.index_copy(0, idx, used.to(h_proto.dtype))
             human_proto = h_proto
-        background = None
+        background = background_present = None
         if self.training and cfg.contrastive and cfg.contrastive_form == "release" and cfg.way == "k":
-            background = self.background_prototypes(hs, support_label, support_human)
+            background, background_present = self.background_prototypes(hs, support_label, support_human)
         return SupportCache(classes=classes, prototypes=protos, static=s_protos, present=s_present,
-                            human=human_proto, channels=channels, background=background)
+                            human=human_proto, channels=channels, background=background,
+                            background_present=background_present)
 
     def background_prototypes(self, feats: torch.Tensor, label: torch.Tensor,
-                              human: torch.Tensor | None) -> torch.Tensor:
-        """B x D fine-space prototypes of the non-human pixels (the human mask, else the labelled parts, says which
-        pixels are human; ignored pixels count as neither)."""
+                              human: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B x D fine-space prototypes of the non-human pixels, B bools "has such pixels"); the human mask, else the
+        labelled parts, says which pixels are human; ignored pixels count as neither."""
         if human is None:
             nonhuman = label == BACKGROUND
         else:
             nonhuman = (human == 0) & (label != IGNORE_INDEX)
         weights = downsample_mask(nonhuman, feats.shape[-2:], self.config.mask_downsample)
-        return masked_average_pooling(feats, weights.unsqueeze(1))[0][:, 0]  # no mass: a zero prototype (absent)
+        protos, present = masked_average_pooling(feats, weights.unsqueeze(1))
+        return protos[:, 0], present[:, 0]
 
     def _parse_query(self, query: torch.Tensor, gq: torch.Tensor, support: SupportCache, epoch: int, max_epoch: int,
                      query_label: torch.Tensor | None, query_human: torch.Tensor | None) -> dict[str, object]:
@@ -561,9 +565,9 @@ class EOPNet(EpisodeModel):
             query_ids = torch.unique(query_label[b]).tolist()
             slots.append(sorted(set(ids) | {c for c in query_ids if c not in (BACKGROUND, IGNORE_INDEX)}))
         q_protos, q_present = self.pool(hq, self.class_weights(query_label, slots, size, cfg.mask_downsample))
-        q_bg = self.background_prototypes(hq, query_label, query_human)
-        s_bg = support.background
-        if s_bg is None:
+        q_bg, q_bg_present = self.background_prototypes(hq, query_label, query_human)
+        s_bg, s_bg_present = support.background, support.background_present
+        if s_bg is None or s_bg_present is None:
             raise RuntimeError("the release's contrastive form needs the support's background prototype: encode the "
                                "support in training mode")
         s_protos, s_present = [], []
@@ -572,10 +576,9 @@ class EOPNet(EpisodeModel):
             rows = [support.static[b][where[c]] if c in where else hq.new_zeros(hq.shape[1]) for c in ids]
             present = [bool(support.present[b][where[c]]) if c in where else False for c in ids]
             s_protos.append(torch.stack([s_bg[b], *rows]))
-            s_present.append(torch.tensor([True, *present], device=hq.device))
+            s_present.append(torch.tensor([bool(s_bg_present[b]), *present], device=hq.device))
         q_protos = [torch.cat([q_bg[b:b + 1], p]) for b, p in enumerate(q_protos)]
-        q_present = [torch.cat([q_bg[b].abs().sum(0, keepdim=True) > 0, m]) for b, m in enumerate(q_present)]
-        s_present = [torch.cat([s_bg[b].abs().sum(0, keepdim=True) > 0, m[1:]]) for b, m in enumerate(s_present)]
+        q_present = [torch.cat([q_bg_present[b:b + 1], m]) for b, m in enumerate(q_present)]
         return prototype_contrastive_loss(*self._padded(q_protos, s_protos, q_present, s_present), cfg.tau,
                                           absent_rows="zero")
 
