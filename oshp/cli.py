@@ -302,6 +302,10 @@ def _add_evaluate(sub) -> None:
                    help="k-way query ground truth keeps the classes of the support mask (support) or only those the "
                    "model kept on its feature grid (model, the release's protocol and the default for a converted "
                    "release checkpoint)")
+    p.add_argument("--test-size", type=int, default=None, metavar="PX",
+                   help="side the model sees, its predictions upsampled back for scoring at the native resolution "
+                   "(default: the run's own, e.g. 64 for the CPU demo; 0: the native images); another size than the "
+                   "run's is said in the file name")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_evaluate)
 
@@ -313,11 +317,14 @@ def _run_evaluate(args) -> int:
     options = dict(_parse_option(o) for o in args.option)
     if args.binary_every is not None and args.binary_every < 1:
         raise CliError(f"--binary-every must be 1 or more, not {args.binary_every}")
+    if args.test_size is not None and args.test_size < 0:
+        raise CliError(f"--test-size must be a number of pixels (0: the native images), not {args.test_size}")
     result = evaluate_run(args.run, data_root=args.data_root, pairs=args.pairs, max_pairs=args.max_pairs,
                           device=args.device, progress=not args.quiet, suppress_novel=args.suppress_novel,
                           static_novel=args.static_novel, options=options, binary_every=args.binary_every,
-                          gt_classes=args.gt_classes)
+                          gt_classes=args.gt_classes, test_size=args.test_size)
     protocol = ", ".join(f"{key}={value}" for key, value in result["protocol"].items())
+    protocol += f", test size {result['test_size'] or 'native'}"
     print(f"{result['num_pairs']} pairs, {result['way']}-way, fold {result['fold']} ({protocol}) -> {result['path']}")
     print(format_metrics_table(result))
     return 0

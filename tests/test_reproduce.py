@@ -28,9 +28,9 @@ def test_run_spec_names_and_validation():
 def test_plans_and_training_profile_swap():
     with pytest.raises(ValueError, match="unknown reproduction profile"):
         plans.get_plan("nope")
-    swapped = plans.get_plan("demo", "demo")
-    assert swapped.name == "demo-demo" and swapped.train_profile == "demo" and swapped.train_overrides == {}
-    assert plans.get_plan("demo", "quick") is plans.PLANS["demo"]  # its own training profile: unchanged
+    swapped = plans.get_plan("demo", "quick")
+    assert swapped.name == "demo-quick" and swapped.train_profile == "quick" and swapped.train_overrides == {}
+    assert plans.get_plan("demo", "demo") is plans.PLANS["demo"]  # its own training profile: unchanged
     with pytest.raises(ValueError, match="unknown training profile"):
         plans.get_plan("demo", "huge")
 
@@ -38,7 +38,8 @@ def test_plans_and_training_profile_swap():
 def test_run_config_applies_budget_variant_and_validation(tmp_path):
     plan = plans.get_plan("demo")
     cfg = rp.run_config(plans.RunSpec("eopnet", "k", 1, 2, variant="agm"), plan, tmp_path)
-    assert (cfg.profile, cfg.epochs, cfg.pairs_per_epoch, cfg.seed, cfg.fold) == ("quick", 3, 200, 2, 1)
+    assert (cfg.profile, cfg.epochs, cfg.pairs_per_epoch, cfg.seed, cfg.fold) == ("demo", 6, 400, 2, 1)
+    assert (cfg.image_size, cfg.test_size) == (64, 64)
     assert cfg.model_options["ablation"] == "AGM" and cfg.model_options["embed_dim"] == 64  # method's own kept
     assert cfg.val_pairs_per_class == plan.val_pairs_per_class
     oracle = rp.run_config(plans.RunSpec("eopnet", "k", variant="oracle"), plan, tmp_path)
@@ -250,6 +251,4 @@ def test_write_results_keeps_the_plan_beside_the_numbers(tmp_path):
     path = write_results([{"method": "eopnet", "novel_miou": 1.5}], tmp_path / "t" / "runs", plans.get_plan("demo").settings())
     data = json.loads(path.read_text())
     assert path.name == "runs.json" and data["results"] == [{"method": "eopnet", "novel_miou": 1.5}]
-    assert (data["train_profile"], data["train_overrides"], data["eval_max_pairs"]) == ("quick", {"epochs": 3,
-                                                                                               "pairs_per_epoch": 200},
-                                                                                       110)
+    assert (data["train_profile"], data["train_overrides"], data["eval_max_pairs"]) == ("demo", {}, 330)

@@ -1,6 +1,7 @@
 """Trainer, evaluation and the CLI around them, on the smoke profile and the tiny synthetic dataset."""
 
 import json
+from types import SimpleNamespace
 import os
 import socket
 
@@ -29,7 +30,9 @@ def test_profiles_and_overrides():
     assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
     assert demo.backbone_weights == "synthetic" and make_config("smoke").backbone_weights is None
     quick = make_config("quick", method="amp")  # the quick budget keeps each method's demo settings
-    assert (quick.epochs, quick.lr, quick.model_options) == (4, 2e-3, {"embed_dim": 64})
+    assert (quick.epochs, quick.lr, quick.model_options) == (3, 2e-3, {"embed_dim": 64})
+    assert make_config("quick", method="pfenet").model_options["class_balanced_loss"]  # CPU budgets: balanced
+    assert "class_balanced_loss" not in make_config("paper", method="sgone").model_options
     assert make_config("quick").model_options["warmup_epochs"] == 1
     assert make_config("paper", method="panet").backbone == "vgg16"
     with pytest.raises(ValueError, match="unknown training settings"):
@@ -315,3 +318,63 @@ def test_evaluate_with_test_time_options_and_clear_errors_for_others(tiny_synthe
                  str(tmp_path / "x"),
                  "--option", "warmup=1", "--quiet"]) == 2
     assert "unknown EOP-Net option(s) ['warmup']" in capsys.readouterr().err
+
+
+class _SupportEcho(torch.nn.Module):
+    """Predicts the support's label map (query = support in the test below) and records the sizes it was given."""
+
+    config = SimpleNamespace(way="k")
+
+    def forward(self, query, support, support_label, support_human=None):
+        self.seen = {"query": tuple(query.shape[-2:]), "support": tuple(support.shape[-2:]),
+                     "label": tuple(support_label.shape[-2:]), "human": tuple(support_human.shape[-2:])}
+        return {"pred": torch.nn.functional.one_hot(support_label, 18).permute(0, 3, 1, 2).float()}
+
+    def encode_support(self, support, support_label, support_human=None):
+        return support_label
+
+    def forward_with_support(self, query, cache):
+        assert query.shape[-2:] == cache.shape[-2:]
+        return {"pred": torch.nn.functional.one_hot(cache, 18).permute(0, 3, 1, 2).float()}
+
+
+def test_at_input_size_feeds_small_inputs_and_answers_at_the_query_size():
+    from oshp.models.episode import AtInputSize
+
+    label = torch.zeros(1, 64, 48, dtype=torch.long)
+    label[:, 8:40, 8:24], label[:, 40:64, 16:40] = 4, 9  # blocks, so that 32 px loses no class
+    image = torch.rand(1, 3, 64, 48)
+    inner = _SupportEcho()
+    model = AtInputSize(inner, 32)
+    out = model(image, image, label, support_human=(label > 0).long())
+    assert inner.seen == {"query": (32, 32), "support": (32, 32), "label": (32, 32), "human": (32, 32)}
+    pred = out["pred"].argmax(1)
+    assert pred.shape == (1, 64, 48) and set(pred.unique().tolist()) == {0, 4, 9}
+    assert (pred == label).float().mean() > 0.95
+    assert model.config.way == "k"  # everything else is the wrapped model's
+    cached = model.forward_with_support(image, model.encode_support(image, label))
+    assert torch.equal(cached["pred"], out["pred"])
+    with pytest.raises(ValueError, match="positive"):
+        AtInputSize(inner, 0)
+
+
+def test_a_run_is_tested_at_its_test_size_unless_told(tiny_synthetic, tmp_path, capsys):
+    from oshp.engine.parse import parse_files
+    from oshp.engine.run import load_run_model
+    from oshp.models.episode import AtInputSize
+
+    run = tmp_path / "small"
+    train(smoke(tiny_synthetic, epochs=1, image_size=32, test_size=32, val_pairs_per_class=0), run, progress=False)
+    cfg, model, _, _ = load_run_model(run)
+    assert cfg.test_size == 32 and isinstance(model, AtInputSize)
+    assert not isinstance(load_run_model(run, test_size=0)[1], AtInputSize)
+    own = evaluate_run(run, max_pairs=4, progress=False)
+    assert own["test_size"] == 32 and own["path"].endswith("metrics_max-pairs-4.json")
+    native = evaluate_run(run, max_pairs=4, progress=False, test_size=0)
+    assert native["test_size"] is None and native["path"].endswith("metrics_test-size-native_max-pairs-4.json")
+    ids = tiny_synthetic.ids("test")
+    parse_files(run / CHECKPOINT, tiny_synthetic.image_path(ids[0]), tiny_synthetic.image_path(ids[1]),
+                tiny_synthetic.label_path(ids[1]), tmp_path / "p.png")
+    assert np.array(Image.open(tmp_path / "p_labels.png")).shape == (64, 64)
+    assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--test-size", "-1", "--quiet"]) == 2
+    assert "--test-size must be" in capsys.readouterr().err

@@ -26,6 +26,7 @@ from ..core.env import batch_to_device
 from ..core.env import device_name, versions
 from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
+from .config import config_from_dict
 from .run import load_run_model, metrics_name
 from ..models.episode import restrict_label
 from ..models.prototypes import PrototypeMemory
@@ -174,8 +175,8 @@ def forget_novel_prototypes(model: torch.nn.Module, novel: list[int] | tuple[int
 def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs: str | Path | None = None,
                  max_pairs: int | None = None, device: str = "auto", progress: bool = True,
                  suppress_novel: bool = False, static_novel: bool = False, options: dict[str, Any] | None = None,
-                 out: str | Path | None = None, binary_every: int | None = None, gt_classes: str | None = None
-                 ) -> dict:
+                 out: str | Path | None = None, binary_every: int | None = None, gt_classes: str | None = None,
+                 test_size: int | None = None) -> dict:
     """Evaluate a run's checkpoint on its meta-test pairs and write RUN/metrics.json (or ``out``); returns what was
     written, and its ``path``.
 
@@ -188,15 +189,19 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     (e.g. RUN/metrics_test_prototypes-static.json).
     ``binary_every``, ``gt_classes``: the scoring protocol (:data:`PROTOCOLS`); None takes the run's default (the
     release's for a ``release_compat`` run). A protocol other than the default is said in the file name.
+    ``test_size``: the side the model sees (0: the native images); None takes the run's (``TrainConfig.test_size``).
+    Another size than the run's is said in the file name too.
     """
     if suppress_novel and static_novel:
         raise ValueError("choose one of suppress_novel and static_novel: they write different bounds")
     run = Path(run)
-    cfg, model, dev, ckpt = load_run_model(run, device=device, options=options)
+    cfg, model, dev, ckpt = load_run_model(run, device=device, options=options, test_size=test_size)
     protocol = default_protocol(cfg.model_options)
     changed = {key: value for key, value in (("binary_every", binary_every), ("gt_classes", gt_classes))
                if value is not None and value != protocol[key]}
     protocol.update(changed)
+    if test_size is not None and (test_size or None) != config_from_dict(ckpt["config"]).test_size:
+        changed["test_size"] = test_size or "native"
     root = Path(data_root or cfg.data_root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"the dataset of run {run} is not at {root} (where it was when the run trained); pass "
@@ -221,7 +226,7 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
         "epoch": ckpt["epoch"], "seed": cfg.seed, "config": cfg.to_json(),
         "device": device_name(dev), "versions": versions(), "wall_time_s": round(time.time() - started, 2),
         "units": "percent", "suppress_novel": suppress_novel, "static_novel": static_novel,
-        "eval_options": dict(options or {}), "protocol": protocol,
+        "eval_options": dict(options or {}), "protocol": protocol, "test_size": cfg.test_size,
     }
     target = Path(out) if out else run / metrics_name(suppress_novel, static_novel, options, max_pairs, changed)
     atomic_write_json(result, target)

@@ -22,6 +22,7 @@ import torch
 
 from ..core.errors import DatasetError
 from ..data.vocab import get_dataset
+from ..models.episode import AtInputSize
 from ..models.registry import build_model
 from ..core.env import resolve_device
 from .config import TrainConfig, config_from_dict
@@ -110,8 +111,11 @@ METRICS = "metrics.json"
 
 
 def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-                   options: dict[str, Any] | None = None):
+                   options: dict[str, Any] | None = None, test_size: int | None = None):
     """(config, model in eval mode, device, checkpoint) of a run folder or a checkpoint file.
+
+    The model sees its inputs at the run's ``test_size`` (:class:`AtInputSize`); ``test_size`` replaces it (0: the
+    native images), and ``config.test_size`` then says which size the model sees.
 
     ``options``: model options that replace the run's for this model only, e.g. ``{"test_prototypes": "static"}``
     (every class from the support: strict one-shot) or ``{"foreground_screening": False}`` (no coarse screening).
@@ -140,6 +144,10 @@ def load_run_model(run: str | Path, checkpoint: str | Path | None = None, device
         raise DatasetError(f"the option(s) {sorted(options)} change the weights of the model in {path}, so they "
                            f"cannot change at evaluation; only test-time options can (e.g. test_prototypes=static, "
                            f"foreground_screening=false, restrict_to_support=false)") from err
+    if test_size is not None:
+        cfg.test_size = test_size or None
+    if cfg.test_size:
+        model = AtInputSize(model, cfg.test_size)
     return cfg, model.to(dev).eval(), dev, ckpt
 
 

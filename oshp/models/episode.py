@@ -21,7 +21,7 @@ from oshp.models.prototypes import MaskMode, downsample_mask, masked_average_poo
 from ..core.errors import UnknownOptionError
 from ..core.labels import BACKGROUND
 
-__all__ = ["EpisodeModel", "CachedSupport", "LOW_LOGIT", "check_image", "is_int_tensor", "restrict_label"]
+__all__ = ["EpisodeModel", "CachedSupport", "AtInputSize", "LOW_LOGIT", "check_image", "is_int_tensor", "restrict_label"]
 
 LOW_LOGIT = -1.0e4
 """Logit given to classes absent from the support (finite, so fp16-safe and CE-safe; softmax weight exactly 0)."""
@@ -246,3 +246,64 @@ class EpisodeModel(nn.Module):
         finally:
             self.train(was_training)
         return out["pred"].argmax(1)  # type: ignore[union-attr]
+
+
+def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
+    """B x 3 x H x W images at ``size`` x ``size``: bilinear with antialiasing (a downscale keeps thin parts visible)."""
+    return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_label(label: torch.Tensor | None, size: int) -> torch.Tensor | None:
+    """B x H x W id maps at ``size`` x ``size``, nearest, so that every cell keeps an id."""
+    if label is None:
+        return None
+    return F.interpolate(label[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(label.dtype)
+
+
+class AtInputSize(nn.Module):
+    """A trained parser that sees every query and support at ``size`` x ``size`` and answers at the query's own size.
+
+    What a model trained on small crops needs at test time (the CPU demo trains at 64 px on 192 px images): the
+    images are resized (antialiased), the support's masks resized nearest, and ``"pred"`` (and ``"coarse"``)
+    upsampled bilinearly back to the query's size, so that scoring stays at the native resolution. Everything else
+    (``config``, ``encode_support``, ...) is the wrapped model's; a cached support is encoded at ``size`` too.
+    """
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        super().__init__()
+        if size <= 0:
+            raise ValueError(f"the test-time input size must be a positive number of pixels, not {size}")
+        self.model, self.size = model, int(size)
+        if callable(getattr(model, "encode_support", None)):
+            self.encode_support = self._encode_support
+            self.forward_with_support = self._forward_with_support
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("model"), name)
+
+    def _answer(self, out: dict, query: torch.Tensor) -> dict:
+        size = query.shape[-2:]
+        out = dict(out)
+        for key in ("pred", "coarse"):
+            value = out.get(key)
+            if isinstance(value, torch.Tensor) and value.dim() == 4 and value.shape[-2:] != size:
+                out[key] = F.interpolate(value, size=size, mode="bilinear", align_corners=False)
+        return out
+
+    def forward(self, query: torch.Tensor, support: torch.Tensor, support_label: torch.Tensor,
+                support_human: torch.Tensor | None = None, **kwargs: Any) -> dict:
+        out = self.model(resize_image(query, self.size), resize_image(support, self.size),
+                         resize_label(support_label, self.size), support_human=resize_label(support_human, self.size),
+                         **kwargs)
+        return self._answer(out, query)
+
+    def _encode_support(self, support: torch.Tensor, support_label: torch.Tensor,
+                        support_human: torch.Tensor | None = None) -> Any:
+        return self.model.encode_support(resize_image(support, self.size), resize_label(support_label, self.size),
+                                         support_human=resize_label(support_human, self.size))
+
+    def _forward_with_support(self, query: torch.Tensor, cache: Any) -> dict:
+        return self._answer(self.model.forward_with_support(resize_image(query, self.size), cache), query)

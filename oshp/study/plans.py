@@ -7,9 +7,9 @@ A reproduction profile is a training budget plus the data it runs on:
 
 - ``smoke``: a tiny synthetic dataset generated into the output folder and the ``smoke`` training profile (seconds
   a run). The tests run the notebooks this way; the numbers check that nothing breaks and mean nothing.
-- ``demo``: the synthetic dataset (``oshp synth``; generated when missing) and the ``quick`` training budget, cut so
-  that every run of every notebook (34 runs) fits in about 20 minutes on a 2-core CPU. The single-run ``demo``
-  training profile (`oshp train --profile demo`) is longer; ``--train-profile demo`` uses it here (hours).
+- ``demo``: the synthetic dataset (``oshp synth``; generated when missing) and the single-run ``demo`` training
+  budget (`oshp train --profile demo`), so that every run of every notebook (34 runs) fits in about 20 minutes on a
+  2-core CPU. ``--train-profile quick`` halves it.
 - ``paper``: the real datasets and the paper's configuration (``paper`` training profile), meant for GPUs.
 """
 
@@ -129,14 +129,14 @@ PLANS: dict[str, ReproducePlan] = {
                                                                     train_steps=1, fast_check_episodes=1)),
         description="seconds a run on a 60/80-image synthetic dataset at 64 px: checks that every notebook runs"),
     "demo": ReproducePlan(
-        "demo", "quick", train_overrides=dict(epochs=3, pairs_per_epoch=200), eval_max_pairs=110,
-        val_pairs_per_class=5, synthetic=dict(), data_root="data/synthetic", workers=2, figures_dir="figures",
+        "demo", "demo", eval_max_pairs=330, val_pairs_per_class=5, synthetic=dict(), data_root="data/synthetic",
+        workers=2, figures_dir="figures",
         table5=dict(image_size=512, paper_backbones=True, bench=dict(batch_sizes=(1,), warmup=1, iters=2,
                                                                     max_time_s=10.0, sweep_budget_s=30.0,
                                                                     train_steps=0, fast_check_episodes=1)),
-        description="the synthetic data, 3 epochs x 200 episodes a run (128 px, the shipped synthetic-pretrained "
-                    "backbone), 110 meta-test pairs an evaluation: every table and figure in about 20 minutes on 2 "
-                    "CPU cores"),
+        description="the synthetic data and the single-run demo budget (6 epochs x 400 episodes a run on 64 px "
+                    "crops, the shipped synthetic-pretrained backbone), 330 meta-test pairs an evaluation: every "
+                    "table and figure in about 20 minutes on 2 CPU cores"),
     "paper": ReproducePlan(
         "paper", "paper", eval_max_pairs=None, val_pairs_per_class=15, synthetic=None, data_root=None,
         datasets=("atr", "lip", "cihp"), workers=1,
@@ -147,7 +147,7 @@ PLANS: dict[str, ReproducePlan] = {
 
 def get_plan(profile: str | ReproducePlan, train_profile: str | None = None) -> ReproducePlan:
     """A reproduction profile's plan; ``train_profile`` swaps its training budget for a training profile's own
-    (e.g. ``demo`` with the full single-run demo budget: hours on a CPU), with its own default output folder."""
+    (e.g. ``quick``: half the demo's budget), with its own default output folder."""
     if isinstance(profile, ReproducePlan):
         plan = profile
     elif profile not in PLANS:
