@@ -34,7 +34,7 @@ from oshp.data.episodes import MetaTestEpisodes, collate_episodes
 from oshp.data.pairs import balanced_subset, default_test_pairs
 from oshp.engine.config import make_config
 from oshp.engine.evaluate import evaluate_episodes
-from oshp.engine.step import make_optimizer, train_step
+from oshp.engine.step import make_optimizer
 from oshp.engine.train import Trainer
 from oshp.models.episode import AtInputSize
 from oshp.report.tables import to_markdown

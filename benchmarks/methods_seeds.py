@@ -6,7 +6,7 @@ every query pixel predicted background (the bound a collapsed model sits at). Wr
 novel, base and human mIoU per method and way to --out and prints a Markdown table.
 
     .venv/bin/python benchmarks/methods_seeds.py --profile demo --seeds 0 1 2 \
-        --out-dir runs/methods_seeds --out benchmarks/results/methods_seeds_demo.json
+        --out-dir runs/reproduce/demo --out benchmarks/results/methods_seeds_demo.json   (seed 0: the reproduction's runs)
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ reproduction's run folder (seed 0 is the one `oshp reproduce` trains), and write
 of novel, base and human mIoU per row beside the paper's numbers to --out; prints a Markdown table.
 
     .venv/bin/python benchmarks/table4_seeds.py --profile demo --seeds 0 1 2
-    .venv/bin/python benchmarks/table4_seeds.py --train-profile demo --seeds 0 --out benchmarks/results/table4_demo.json
-                          (the single-run demo budget, 10 x 800 episodes a run: about 15 CPU-minutes a row)
+    .venv/bin/python benchmarks/table4_seeds.py --train-profile quick --seeds 0 --out benchmarks/results/table4_quick.json
+                          (half the demo's budget)
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", default="demo", choices=tuple(pl.PLANS))
     p.add_argument("--train-profile", default=None,
-                   help="train with this training profile's own budget instead (e.g. demo: 10 x 800 episodes a run)")
+                   help="train with this training profile's own budget instead (e.g. quick: half the demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out-dir", type=Path, default=None, help="reproduction folder (default: runs/reproduce/PROFILE)")
     p.add_argument("--workers", type=int, default=None)

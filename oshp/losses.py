@@ -71,23 +71,26 @@ def dual_metric_loss(
     target: torch.Tensor,
     beta: float,
     ignore_index: int = IGNORE_INDEX,
+    class_balanced: bool = False,
 ) -> torch.Tensor:
-    """L_dml = beta * CE(AGM) + (1 - beta) * CE(NPM) (eq. 10).
+    """L_dml = beta * CE(AGM) + (1 - beta) * CE(NPM) (eq. 10); ``class_balanced`` takes each CE class-balanced
+    (:func:`class_balanced_cross_entropy`) instead of pixel-averaged.
 
     A missing branch (``None``: the module is switched off, or AGM is skipped because beta = 0) gets no weight and the
     other branch gets weight 1, so the AGM-only and NPM-only rows of Table 4 are plain CE.
     """
     if agm_logits is None and npm_logits is None:
         raise ValueError("dual_metric_loss needs at least one of agm_logits and npm_logits")
+    ce = class_balanced_cross_entropy if class_balanced else cross_entropy
     if agm_logits is None:
-        return cross_entropy(npm_logits, target, ignore_index)
+        return ce(npm_logits, target, ignore_index)
     if npm_logits is None:
-        return cross_entropy(agm_logits, target, ignore_index)
+        return ce(agm_logits, target, ignore_index)
     loss = 0.0
     if beta > 0:
-        loss = loss + beta * cross_entropy(agm_logits, target, ignore_index)
+        loss = loss + beta * ce(agm_logits, target, ignore_index)
     if beta < 1:
-        loss = loss + (1.0 - beta) * cross_entropy(npm_logits, target, ignore_index)
+        loss = loss + (1.0 - beta) * ce(npm_logits, target, ignore_index)
     if isinstance(loss, float):  # pragma: no cover - beta outside [0, 1] cannot give both terms zero weight
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
     return loss

@@ -125,3 +125,16 @@ def test_contrastive_loss_release_rows():
     assert prototype_contrastive_loss(q, s, only_absent, sp, tau, absent_rows="zero").item() == 0.0
     with pytest.raises(ValueError, match="absent_rows"):
         prototype_contrastive_loss(q, s, qp, sp, tau, absent_rows="drop")
+
+
+def test_dual_metric_loss_can_weigh_classes_instead_of_pixels():
+    from oshp.losses import class_balanced_cross_entropy, dual_metric_loss
+
+    target = torch.tensor([[[0, 0, 0, 1], [0, 0, 0, 0]]])  # one part pixel among eight
+    agm = torch.zeros(1, 2, 2, 4)
+    npm = torch.tensor([[[[2.0] * 4] * 2, [[0.0] * 4] * 2]])  # confident background everywhere
+    plain = dual_metric_loss(agm, npm, target, 0.25)
+    balanced = dual_metric_loss(agm, npm, target, 0.25, class_balanced=True)
+    assert torch.isclose(balanced, 0.25 * class_balanced_cross_entropy(agm, target)
+                         + 0.75 * class_balanced_cross_entropy(npm, target))
+    assert balanced > plain  # the missed part counts as much as the seven background pixels

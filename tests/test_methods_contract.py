@@ -132,6 +132,16 @@ def test_overfits_one_episode(method, way):
 
 
 @pytest.mark.parametrize("method,way", CASES)
+def test_class_balanced_loss_is_an_option_of_every_method(method, way):
+    """The CPU profiles train every method class-balanced: each has the option, and it changes the parsing loss."""
+    q, s, sl, ql = episode(way)
+    losses = [small_model(method, way, class_balanced_loss=flag).train()(q, s, sl, query_label=ql, epoch=1,
+                                                                           max_epoch=2)["loss"] for flag in (False, True)]
+    assert torch.isfinite(losses[1]) and losses[1].requires_grad
+    assert not torch.isclose(losses[0], losses[1], rtol=1e-4), losses
+
+
+@pytest.mark.parametrize("method,way", CASES)
 def test_the_head_that_predicts_is_trained(method, way):
     """Every trainable parameter that shapes the test-time prediction gets a gradient from the training loss in
     some epoch of a short schedule, and every stage's predicting head (:meth:`predicting_heads`: a model trained in

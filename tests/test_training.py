@@ -30,8 +30,8 @@ def test_profiles_and_overrides():
     assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
     assert demo.backbone_weights == "synthetic" and make_config("smoke").backbone_weights is None
     quick = make_config("quick", method="amp")  # the quick budget keeps each method's demo settings
-    assert (quick.epochs, quick.lr, quick.model_options) == (3, 2e-3, {"embed_dim": 64})
-    assert make_config("quick", method="pfenet").model_options["class_balanced_loss"]  # CPU budgets: balanced
+    assert (quick.epochs, quick.lr, quick.model_options) == (3, 2e-3, {"embed_dim": 64, "class_balanced_loss": True})
+    assert make_config("demo", method="pfenet").model_options["class_balanced_loss"]  # CPU budgets: balanced
     assert "class_balanced_loss" not in make_config("paper", method="sgone").model_options
     assert make_config("quick").model_options["warmup_epochs"] == 1
     assert make_config("paper", method="panet").backbone == "vgg16"

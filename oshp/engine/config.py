@@ -31,8 +31,8 @@ class TrainConfig:
                "pretrain), or 'none'"})
     image_size: int = field(default=128, metadata={"cli": 'training crop side'})
     test_size: int | None = field(default=None, metadata={
-        "cli": "side the model sees at test time, its predictions upsampled back to the native size for scoring "
-               "(default: the native images, as the paper)"})
+        "cli": "side the model sees at test time, its predictions upsampled back to the native size for scoring; "
+               "0: the native images, as the paper"})
     """Meta-test (and `oshp parse`) input side; None: native resolution (paper). A model trained on small crops is
     tested at the scale it learnt, while scoring stays at the native resolution (oshp.models.episode.AtInputSize)."""
     epochs: int = field(default=12, metadata={"cli": 'training epochs'})
@@ -91,14 +91,18 @@ PROFILES: dict[str, dict[str, Any]] = {
     # COCO-pretrained one) on a CPU: AdamW, because SGD's slow start leaves the nearest-prototype head predicting
     # background everywhere in that budget (measured; docs/synthetic-results.md). 64 px crops of the 192 px images,
     # tested at 64 px and scored at 192 px: 3.2 times the training steps per CPU-second of 128 px at the same quality,
-    # and 300 steps, because longer runs lose the novel classes again (docs/synthetic-results.md#the-64-px-demo).
+    # and every method's parsing loss class-balanced: with pixel-averaged CE a part is a few percent of the loss, SG-One
+    # and PFENet never leave the background prior and EOP-Net's NPM drifts to background over longer runs
+    # (docs/synthetic-results.md#the-64-px-demo).
     "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=64,
                  test_size=64, epochs=6, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
-                 pairs_per_epoch=400, val_pairs_per_class=10, workers=0),
+                 pairs_per_epoch=400, val_pairs_per_class=10, workers=0,
+                 model_options={"class_balanced_loss": True}),
     # Half the demo's budget, for quick comparisons and the notebooks' own training cells.
     "quick": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=64,
                   test_size=64, epochs=3, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
-                  pairs_per_epoch=400, val_pairs_per_class=10, workers=0),
+                  pairs_per_epoch=400, val_pairs_per_class=10, workers=0,
+                  model_options={"class_balanced_loss": True}),
     "smoke": dict(backbone="mobilenetv3_small_050", pretrained=False, image_size=64, epochs=2, batch_size=2,
                   lr=0.01, pairs_per_epoch=8, one_way_pairs_per_class=2, val_pairs_per_class=1, workers=0),
 }

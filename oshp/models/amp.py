@@ -72,6 +72,9 @@ class AMPConfig:
     scale_init: float = 10.0
     """Initial temperature of each resolution's cosine scores."""
     learn_scale: bool = True
+    class_balanced_loss: bool = False
+    """The parsing loss weighs every class of the query label the same instead of every pixel (the paper: every
+    pixel). On with the CPU profiles, for every method (docs/models.md)."""
     support_loss_weight: float = 0.0
     """Weight of the support image's supervised CE in training. 0 (default): the query label is the only target, as
     for every method of the comparison; 1: AMP's own pre-training, which supervises every labelled image of D_train
@@ -154,7 +157,7 @@ class AMP(RawIdClassifierModel):
 
     def __init__(self, config: AMPConfig | None = None, **overrides: object) -> None:
         cfg = resolve_config(config, AMPConfig, overrides)
-        super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight)
+        super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight, cfg.class_balanced_loss)
         self.config = cfg
         self.backbone = TimmFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights)
         self.level_index = pick_levels(self.backbone.reductions, cfg.num_levels)

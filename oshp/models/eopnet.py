@@ -97,6 +97,9 @@ class EOPNetConfig:
     """Coarse human-vs-background metric space (section 4.1, Table 4 "MT")."""
     contrastive: bool = True
     """Prototype-level contrastive loss (section 4.4, Table 4 "CL")."""
+    class_balanced_loss: bool = False
+    """Eq. 10's two cross-entropies weigh every class of the query label the same instead of every pixel (paper: every
+    pixel). A part covers a few percent of an image, so pixel-averaged CE is mostly background."""
     contrastive_form: Literal["paper", "release"] = "paper"
     """"paper": eq. 12 as written (rows and columns: the support's classes present in the restricted query).
     "release": the authors' code: a background row and column (fine-space features averaged over the non-human
@@ -516,7 +519,7 @@ class EOPNet(EpisodeModel):
         target = self.restrict_query_label(query_label, classes)
         agm, npm = out.get("agm"), out.get("npm")
         losses: dict[str, torch.Tensor] = {}
-        fine = dual_metric_loss(agm, npm, target, beta)  # eq. 10
+        fine = dual_metric_loss(agm, npm, target, beta, class_balanced=cfg.class_balanced_loss)  # eq. 10
         with torch.no_grad():
             if agm is not None:
                 losses["loss_agm"] = cross_entropy(agm, target)

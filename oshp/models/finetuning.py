@@ -71,6 +71,9 @@ class FineTuningConfig:
     novel_init: str = "zero"
     """Rows of classes the classifier never learned: "zero" (the plain baseline; with lr 1e-3 it also scored best on
     the synthetic demo data) or "imprint" (masked average of the support's head features, AMP-like)."""
+    class_balanced_loss: bool = False
+    """The parsing loss weighs every class of the query label the same instead of every pixel (the paper: every
+    pixel). On with the CPU profiles, for every method (docs/models.md)."""
     support_loss_weight: float = 0.0
     """Pre-training: weight of the support image's supervised CE. 0 (default): the query label is the only target, as
     for every method of the comparison; 1: plain supervised pre-training on every labelled image of D_train (the
@@ -131,7 +134,7 @@ class FineTuning(RawIdClassifierModel):
 
     def __init__(self, config: FineTuningConfig | None = None, **overrides: object) -> None:
         cfg = resolve_config(config, FineTuningConfig, overrides)
-        super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight)
+        super().__init__(cfg.num_classes, cfg.way, cfg.support_loss_weight, cfg.class_balanced_loss)
         self.config = cfg
         self.backbone = DeepLabFeatures(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.backbone_weights,
                                         output_stride=cfg.output_stride)

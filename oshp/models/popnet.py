@@ -89,6 +89,9 @@ WEIGHT_SHIFT_AT: dict[str, float] = {"mid-epoch": 0.5, "release": 0.0}
 class POPNetConfig:
     """Every knob of the POPNet contender. Defaults: the paper configuration of section 6.3."""
 
+    class_balanced_loss: bool = False
+    """The parsing loss weighs every class of the query label the same instead of every pixel (the paper: every
+    pixel). On with the CPU profiles, for every method (docs/models.md)."""
     num_classes: int = 18
     """Raw id count of the dataset (ATR 18, LIP/CIHP 20); k-way logits have this many channels."""
     way: Literal["k", "1"] = "k"
@@ -479,7 +482,7 @@ class POPNet(EpisodeModel):
         if train3:
             target = self.restrict_query_label(query_label, classes)
             agm = out.get("agm")
-            fine = dual_metric_loss(agm, out["ncm"], target, beta3)
+            fine = dual_metric_loss(agm, out["ncm"], target, beta3, class_balanced=self.config.class_balanced_loss)
             with torch.no_grad():
                 losses["loss_fine_ncm"] = cross_entropy(out["ncm"], target)
                 if agm is not None:

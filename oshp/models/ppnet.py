@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import cross_entropy
+from oshp.losses import class_balanced_cross_entropy, cross_entropy
 from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
@@ -58,6 +58,9 @@ KMeansInit = Literal["spread", "random"]
 class PPNetConfig:
     """Every knob of the PPNet contender; defaults are the paper configuration (PPNet's release, section 6.3)."""
 
+    class_balanced_loss: bool = False
+    """The parsing loss weighs every class of the query label the same instead of every pixel (the paper: every
+    pixel). On with the CPU profiles, for every method (docs/models.md)."""
     num_classes: int = 18
     way: str = "1"
     backbone: str = "resnet50"
@@ -278,7 +281,8 @@ class PPNet(EpisodeModel):
         out: dict[str, object] = {"pred": pred, "classes": [tuple(ids) for ids in classes]}
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, classes)
-            loss_query = cross_entropy(pred, target)
+            ce = class_balanced_cross_entropy if cfg.class_balanced_loss else cross_entropy
+            loss_query = ce(pred, target)
             if cfg.align_weight > 0:
                 loss_align = self.alignment_loss(fq, fs, low, support_label, classes, tuple(query.shape[-2:]))
             else:

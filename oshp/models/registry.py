@@ -79,9 +79,7 @@ METHODS: dict[str, Method] = {
         "sgone", "SG-One", ("k", "1"), "oshp.models.sgone:build",
         "similarity guidance network (Zhang et al., TCYB 2020): masked average pooling, cosine guidance; k-way "
         "through the AGM-like procedure of eq. 6 without the residual",
-        # on the CPU budgets plain cross-entropy leaves the rare foreground below 0.5 everywhere (a background-
-        # everywhere model); the class-balanced loss lifts it above that bound (docs/models.md)
-        settings={"demo": {"model_options": {"guide_dim": 64, "seg_dim": 64, "class_balanced_loss": True}},
+        settings={"demo": {"model_options": {"guide_dim": 64, "seg_dim": 64}},
                   "smoke": {"model_options": {"guide_dim": 32, "seg_dim": 32}}}),
     "panet": Method(
         "panet", "PANet", ("1",), "oshp.models.panet:build",
@@ -104,8 +102,7 @@ METHODS: dict[str, Method] = {
         "enrichment module", paper_backbone="resnet50",
         # the release's SGD: base lr 2.5e-3 scaled by 10 for every trained layer (scale_lr, index_split=-1)
         settings={"paper": {"lr": 2.5e-2, "weight_decay": 1e-4, "model_options": {"eval_size": 512}},
-                  "demo": {"model_options": {"reduce_dim": 64, "freeze_backbone": "if_pretrained",
-                                             "class_balanced_loss": True}},
+                  "demo": {"model_options": {"reduce_dim": 64, "freeze_backbone": "if_pretrained"}},
                   "smoke": {"model_options": {"reduce_dim": 16}}}),
     "popnet": Method(
         "popnet", "POPNet", ("k", "1"), "oshp.models.popnet:build",
