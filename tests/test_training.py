@@ -378,3 +378,16 @@ def test_a_run_is_tested_at_its_test_size_unless_told(tiny_synthetic, tmp_path, 
     assert np.array(Image.open(tmp_path / "p_labels.png")).shape == (64, 64)
     assert main(["evaluate", "--run", str(run), "--max-pairs", "4", "--test-size", "-1", "--quiet"]) == 2
     assert "--test-size must be" in capsys.readouterr().err
+
+
+def test_resized_support_masks_keep_every_class():
+    from oshp.models.episode import resize_label
+
+    label = torch.zeros(2, 64, 64, dtype=torch.long)
+    label[0, 10:40, 10:40] = 3
+    label[0, 50, 5:60] = 7  # a one-pixel line that nearest sampling at 16 px misses
+    label[1, 31, 33] = 11  # a single pixel
+    small = resize_label(label, 16)
+    assert small.shape == (2, 16, 16) and small.dtype == label.dtype
+    assert set(small[0].unique().tolist()) == {0, 3, 7} and set(small[1].unique().tolist()) == {0, 11}
+    assert int((small[1] == 11).sum()) == 1 and bool(small[1, 31 // 4, 33 // 4] == 11)

@@ -254,10 +254,18 @@ def resize_image(image: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def resize_label(label: torch.Tensor | None, size: int) -> torch.Tensor | None:
-    """B x H x W id maps at ``size`` x ``size``, nearest, so that every cell keeps an id."""
+    """B x H x W id maps at ``size`` x ``size``: nearest, then every id that nearest sampling lost (a thin part)
+    put back in the cell it covers most, so that a support keeps every class it shows."""
     if label is None:
         return None
-    return F.interpolate(label[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(label.dtype)
+    out = F.interpolate(label[:, None].float(), size=(size, size), mode="nearest")[:, 0].to(label.dtype)
+    for b in range(label.shape[0]):
+        kept = set(out[b].unique().tolist())
+        for c in label[b].unique().tolist():
+            if c not in kept:
+                cover = F.adaptive_avg_pool2d((label[b] == c).float()[None, None], (size, size))[0, 0]
+                out[b].view(-1)[int(cover.argmax())] = c
+    return out
 
 
 class AtInputSize(nn.Module):
