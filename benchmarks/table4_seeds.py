@@ -41,7 +41,7 @@ def main() -> None:
     runs = rp.ensure_runs(specs.values(), plan, paths, workers=args.workers)
     rows = []
     for name, _ in pl.TABLE4_VARIANTS:
-        results = [rp.load_result(runs[specs[(name, seed)]]) for seed in args.seeds]
+        results = [rp.load_result(runs[specs[(name, seed)]], max_pairs=plan.eval_max_pairs) for seed in args.seeds]
         row = {"method": name, "seeds": args.seeds}
         for metric in METRICS:
             values = [r[metric] for r in results]
