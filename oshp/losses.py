@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from .core.labels import IGNORE_INDEX
 
-__all__ = ["beta_schedule", "cross_entropy", "class_balanced_cross_entropy", "dual_metric_loss", "prototype_contrastive_loss"]
+__all__ = ["beta_schedule", "cross_entropy", "class_balanced_cross_entropy", "parsing_cross_entropy", "dual_metric_loss",
+           "prototype_contrastive_loss"]
 
 
 def beta_schedule(epoch: float, max_epoch: float, weight_shifting: bool = True, at: float = 0.0) -> float:
@@ -65,6 +66,13 @@ def class_balanced_cross_entropy(logits: torch.Tensor, target: torch.Tensor,
     return torch.stack([per_pixel[target == c].mean() for c in present.tolist()]).mean()
 
 
+def parsing_cross_entropy(logits: torch.Tensor, target: torch.Tensor, class_balanced: bool = False,
+                          ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """A method's parsing loss: :func:`class_balanced_cross_entropy` when its ``class_balanced_loss`` option is on,
+    else pixel-averaged :func:`cross_entropy` (the papers')."""
+    return (class_balanced_cross_entropy if class_balanced else cross_entropy)(logits, target, ignore_index)
+
+
 def dual_metric_loss(
     agm_logits: torch.Tensor | None,
     npm_logits: torch.Tensor | None,
@@ -81,16 +89,15 @@ def dual_metric_loss(
     """
     if agm_logits is None and npm_logits is None:
         raise ValueError("dual_metric_loss needs at least one of agm_logits and npm_logits")
-    ce = class_balanced_cross_entropy if class_balanced else cross_entropy
     if agm_logits is None:
-        return ce(npm_logits, target, ignore_index)
+        return parsing_cross_entropy(npm_logits, target, class_balanced, ignore_index)
     if npm_logits is None:
-        return ce(agm_logits, target, ignore_index)
+        return parsing_cross_entropy(agm_logits, target, class_balanced, ignore_index)
     loss = 0.0
     if beta > 0:
-        loss = loss + beta * ce(agm_logits, target, ignore_index)
+        loss = loss + beta * parsing_cross_entropy(agm_logits, target, class_balanced, ignore_index)
     if beta < 1:
-        loss = loss + (1.0 - beta) * ce(npm_logits, target, ignore_index)
+        loss = loss + (1.0 - beta) * parsing_cross_entropy(npm_logits, target, class_balanced, ignore_index)
     if isinstance(loss, float):  # pragma: no cover - beta outside [0, 1] cannot give both terms zero weight
         raise ValueError(f"beta must lie in [0, 1], got {beta}")
     return loss

@@ -26,7 +26,6 @@ from ..core.env import batch_to_device
 from ..core.env import device_name, versions
 from ..core.io import atomic_write_json
 from ..data.pairs import balanced_subset, default_test_pairs
-from .config import config_from_dict
 from .run import load_run_model, metrics_name
 from ..models.episode import restrict_label
 from ..models.prototypes import PrototypeMemory
@@ -200,7 +199,7 @@ def evaluate_run(run: str | Path, *, data_root: str | Path | None = None, pairs:
     changed = {key: value for key, value in (("binary_every", binary_every), ("gt_classes", gt_classes))
                if value is not None and value != protocol[key]}
     protocol.update(changed)
-    if test_size is not None and (test_size or None) != config_from_dict(ckpt["config"]).test_size:
+    if test_size is not None and (test_size or None) != ckpt["config"].get("test_size"):
         changed["test_size"] = test_size or "native"
     root = Path(data_root or cfg.data_root).expanduser()
     if not root.is_dir():

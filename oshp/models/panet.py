@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import class_balanced_cross_entropy, cross_entropy
+from oshp.losses import cross_entropy, parsing_cross_entropy
 from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
@@ -303,8 +303,7 @@ class PANet(EpisodeModel):
         if self.training and query_label is not None:
             cfg = self.config
             target = self.restrict_query_label(query_label, state.classes)
-            ce = class_balanced_cross_entropy if cfg.class_balanced_loss else cross_entropy
-            loss_query = ce(out["pred"], target)  # type: ignore[arg-type]
+            loss_query = parsing_cross_entropy(out["pred"], target, cfg.class_balanced_loss)  # type: ignore[arg-type]
             if cfg.alignment and cfg.lambda_par > 0:
                 fg = torch.as_tensor([ids[0] for ids in state.classes], device=support_label.device)
                 s_target = torch.where(support_label == fg.view(-1, 1, 1), 1, 0)

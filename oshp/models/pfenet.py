@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import class_balanced_cross_entropy, cross_entropy
+from oshp.losses import parsing_cross_entropy
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
 from oshp.models.prototypes import GridMode, downsample_mask
@@ -353,10 +353,10 @@ class PFENet(EpisodeModel):
         out: dict[str, object] = {"pred": pred, "prior": prior, "classes": [tuple(c) for c in classes]}
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, classes)
-            ce = class_balanced_cross_entropy if cfg.class_balanced_loss else cross_entropy
-            loss_main = ce(pred, target)
+            loss_main = parsing_cross_entropy(pred, target, cfg.class_balanced_loss)
             loss_aux = torch.stack([
-                ce(F.interpolate(a, size=size_in, mode="bilinear", align_corners=True), target)
+                parsing_cross_entropy(F.interpolate(a, size=size_in, mode="bilinear", align_corners=True), target,
+                                      cfg.class_balanced_loss)
                 for a in aux]).mean()
             out.update(loss_main=loss_main, loss_aux=loss_aux, loss=loss_main + cfg.aux_weight * loss_aux)
         return out

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import class_balanced_cross_entropy, cross_entropy
+from oshp.losses import cross_entropy, parsing_cross_entropy
 from oshp.core.labels import IGNORE_INDEX
 from oshp.models.backbone import TimmFeatures
 from oshp.models.episode import EpisodeModel, check_options, resolve_config
@@ -281,8 +281,7 @@ class PPNet(EpisodeModel):
         out: dict[str, object] = {"pred": pred, "classes": [tuple(ids) for ids in classes]}
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, classes)
-            ce = class_balanced_cross_entropy if cfg.class_balanced_loss else cross_entropy
-            loss_query = ce(pred, target)
+            loss_query = parsing_cross_entropy(pred, target, cfg.class_balanced_loss)
             if cfg.align_weight > 0:
                 loss_align = self.alignment_loss(fq, fs, low, support_label, classes, tuple(query.shape[-2:]))
             else:

@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oshp.losses import class_balanced_cross_entropy, cross_entropy
+from oshp.losses import parsing_cross_entropy
 from oshp.models.backbone import DeepLabFeatures
 from oshp.models.episode import CachedSupport, EpisodeModel, check_image, check_options, resolve_config
 from oshp.models.prototypes import MaskMode, cosine_similarity_maps
@@ -195,8 +195,8 @@ class SGOne(EpisodeModel):
         out = self._parse_query(query, gq, dq, state)
         if self.training and query_label is not None:
             target = self.restrict_query_label(query_label, state.classes)
-            ce = class_balanced_cross_entropy if self.config.class_balanced_loss else cross_entropy
-            loss = ce(out["pred"], target)  # type: ignore[arg-type]
+            loss = parsing_cross_entropy(out["pred"], target,  # type: ignore[arg-type]
+                                         self.config.class_balanced_loss)
             out.update(loss_seg=loss, loss=loss)
         return out
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from oshp.losses import class_balanced_cross_entropy, cross_entropy
+from oshp.losses import cross_entropy, parsing_cross_entropy
 from oshp.models.episode import EpisodeModel
 from oshp.core.labels import BACKGROUND
 
@@ -62,8 +62,8 @@ class RawIdClassifierModel(EpisodeModel):
         """``loss_query`` (CE of the episode logits against the restricted query GT), ``loss_support`` (CE on the
         support image: every row in k-way, background vs the class in 1-way; 0 when ``support_scores`` is None) and
         ``loss`` = loss_query + support_loss_weight * loss_support. Logits and scores are at their image's size."""
-        ce = class_balanced_cross_entropy if self.class_balanced_loss else cross_entropy
-        loss_query = ce(query_logits, self.restrict_query_label(query_label, classes))
+        loss_query = parsing_cross_entropy(query_logits, self.restrict_query_label(query_label, classes),
+                                           self.class_balanced_loss)
         if support_scores is None:
             loss_support = loss_query.detach() * 0.0
         elif self.way == "k":
