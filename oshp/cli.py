@@ -202,7 +202,7 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default="eopnet", choices=tuple(METHODS), metavar="METHOD",
                    help=f"{', '.join(METHODS)} (default: %(default)s)")
     p.add_argument("--profile", choices=tuple(PROFILES), default="demo",
-                   help="training budget and model size (default: %(default)s, about 20 minutes on 2 CPU cores)")
+                   help="training budget and model size (default: %(default)s, about a minute on 2 CPU cores)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     _add_config_flags(p, TrainConfig, profile_defaults=True)
@@ -541,6 +541,70 @@ def _run_reproduce(args) -> int:
     return 0
 
 
+def _add_tune(sub) -> None:
+    from .engine.config import PROFILES
+    from .models.registry import METHODS
+
+    p = sub.add_parser(
+        "tune", help="choose a learning rate or loss weight on a validation split of the meta-train images",
+        description="Train each method and way once per value (and seed) with a share of the meta-train images held "
+                    "out, score the held-out images on the base classes after the last epoch, and choose the best "
+                    "value: no meta-test image and no novel-class label is used. Finished trials are reused. Writes "
+                    "OUT/tuning.json (and --result) and prints a table.")
+    p.add_argument("--methods", nargs="+", default=["eopnet"], metavar="METHOD",
+                   help=f"methods to tune ({', '.join(METHODS)}; 'all': every one)")
+    p.add_argument("--ways", nargs="+", choices=("k", "1"), default=["k", "1"])
+    p.add_argument("--param", default="lr", help="a training setting (e.g. lr, weight_decay) or a model option "
+                   "(e.g. lambda_nca) (default: %(default)s)")
+    p.add_argument("--values", nargs="+", required=True, help="the values to try, e.g. 5e-4 1e-3 2e-3 4e-3")
+    p.add_argument("--profile", choices=tuple(PROFILES), default="demo")
+    p.add_argument("--data-root", type=Path, default=Path("data/synthetic"))
+    p.add_argument("--fold", type=int, choices=(1, 2), default=1)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--validation-share", type=float, default=0.1,
+                   help="share of each meta-train pool held out (default: %(default)s)")
+    p.add_argument("--val-pairs-per-class", type=int, default=10,
+                   help="held-out episodes per base class (default: %(default)s)")
+    p.add_argument("--criterion", default="val_base_miou", choices=("val_base_miou", "val_human_miou",
+                                                                    "val_mean_base_acc"))
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option every trial shares, e.g. class_balanced_loss=true")
+    p.add_argument("--out", type=Path, default=Path("runs/tune"), help="trial runs and tuning.json")
+    p.add_argument("--result", type=Path, default=None, help="also write the result JSON here")
+    p.add_argument("--workers", type=int, default=1, help="trials trained at once (processes)")
+    p.set_defaults(func=_run_tune)
+
+
+def _run_tune(args) -> int:
+    from .models.registry import METHODS
+    from .study.tuning import tune
+
+    if args.result is not None:
+        _check_output_file(args.result, "--result", "tuning.json")
+    if args.out.exists() and not args.out.is_dir():
+        raise CliError(f"--out {args.out} is a file; tuning trials go in a folder, e.g. runs/tune")
+    if not (args.data_root / "list").is_dir():
+        raise CliError(f"--data-root {args.data_root} holds no dataset (no list/ folder); generate one with "
+                       f"`oshp synth --out {args.data_root}` or prepare one (docs/data.md)")
+    methods = list(METHODS) if args.methods == ["all"] else args.methods
+    values = [_parse_option(f"{args.param}={v}")[1] for v in args.values]
+    result = tune(methods, args.ways, param=args.param, values=values, profile=args.profile,
+                  data_root=args.data_root, fold=args.fold, seeds=args.seeds, validation_share=args.validation_share,
+                  val_pairs_per_class=args.val_pairs_per_class, criterion=args.criterion,
+                  overrides={"model_options": dict(_parse_option(o) for o in args.option)} if args.option else None,
+                  out_dir=args.out, workers=args.workers, progress=not args.quiet)
+    print(f"| method | way | {args.param} | {args.criterion} (mean over seeds) | chosen |")
+    print("|---|---|---|---|---|")
+    for r in result["rows"]:
+        score = "n/a" if r[args.criterion] is None else f"{r[args.criterion]:.1f}"
+        print(f"| {r['method']} | {r['way']} | {r['value']} | {score} | {'yes' if r['chosen'] else ''} |")
+    if args.result is not None:
+        args.result.parent.mkdir(parents=True, exist_ok=True)
+        args.result.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"-> {args.out / 'tuning.json'}" + (f" and {args.result}" if args.result else ""))
+    return 0
+
+
 class _SubcommandsWithCommonOptions:
     """Adds the shared options (--quiet, --debug) to every subcommand, so they go after its name."""
 
@@ -563,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = _SubcommandsWithCommonOptions(parser.add_subparsers(dest="command", metavar="COMMAND", required=True),
                                         common)
     for add in (_add_synth, _add_prepare, _add_check, _add_pairs, _add_show, _add_pretrain, _add_train, _add_evaluate,
-                _add_convert_release, _add_parse, _add_complexity, _add_benchmark, _add_reproduce):
+                _add_convert_release, _add_parse, _add_complexity, _add_benchmark, _add_reproduce, _add_tune):
         add(sub)
     return parser
 

@@ -109,6 +109,26 @@ def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
         rp.load_result(paths.runs / spec.name, lower=True)
 
 
+def test_a_run_trained_with_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+    import oshp.engine.train
+
+    paths = plans.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
+    spec = plans.RunSpec("sgone", "k", 1)
+    run = paths.runs / spec.name
+    run.mkdir(parents=True)
+    expected = rp.run_config(spec, plans.get_plan("smoke"), paths.data["atr"])
+    saved = {**expected.to_json(), "data_root": "/elsewhere", "device": "cuda", "workers": 4}  # where, not what
+    (run / "config.json").write_text(json.dumps(saved))
+    (run / "train.json").write_text(json.dumps({"wall_time_s": 1.0}))
+    (run / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
+    monkeypatch.setattr(oshp.engine.train, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
+    assert rp.ensure_runs([spec], "smoke", paths, progress=False) == {spec: run}
+    (run / "config.json").write_text(json.dumps({**saved, "lr": expected.lr * 2}))  # e.g. an older oshp's lr
+    with pytest.raises(DatasetError, match=rf"{spec.name} was trained with other settings.*lr=.*delete that folder"):
+        rp.ensure_runs([spec], "smoke", paths, progress=False)
+    assert (run / "metrics.json").is_file()  # nothing of the user's is removed
+
+
 def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_path, monkeypatch):
     import oshp.engine.evaluate
     import oshp.engine.train

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .layout import ReleaseLayoutDataset
+from .layout import ReleaseLayoutDataset, list_file
 from ..core.errors import DatasetError
 from .pairs import meta_train_pools, support_index_from_dataset
 from .transforms import apply_joint, resize_transform, training_transform
@@ -137,6 +137,9 @@ class MetaTrainEpisodes(_EpisodeDataset):
     takes the first ones in list order as the release does, "random" samples them per epoch).
     Pairings depend only on (seed, epoch): call :meth:`set_epoch` at the start of every epoch.
 
+    ``held_out``: meta-train ids kept out of training, queries and supports alike (a validation split,
+    :func:`oshp.data.pairs.validation_holdout`).
+
     ``label_novel=True`` is the oracle, not one-shot: novel classes keep their labels in training (and 1-way trains
     on them too), the upper bound that shows what the testing bias costs. ``pseudo_class_prob`` pastes a random
     pseudo class into both images of that share of k-way episodes (:mod:`oshp.data.synth.pseudo`).
@@ -146,8 +149,10 @@ class MetaTrainEpisodes(_EpisodeDataset):
                  augment: bool = True, seed: int = 0, fixed_supports: bool = False,
                  pairs_per_class: int = 1500, one_way_selection: str = "random",
                  independent_scale_axes: bool = False, pad_label: int = 255, human_source: str = "oshp",
-                 label_novel: bool = False, pseudo_class_prob: float = 0.0) -> None:
+                 label_novel: bool = False, pseudo_class_prob: float = 0.0,
+                 held_out: frozenset[str] = frozenset()) -> None:
         self.ds, self.fold, self.way = ds, fold, check_way(way)
+        self.held_out = frozenset(held_out)
         self.label_novel = label_novel
         self.pseudo_class_prob = pseudo_class_prob
         if pseudo_class_prob > 0 and (self.way != "k" or label_novel):
@@ -162,8 +167,11 @@ class MetaTrainEpisodes(_EpisodeDataset):
         self.augmentation = (training_transform(ds.spec, size, independent_axes=independent_scale_axes,
                                                 pad_label=pad_label) if augment else None)
         self.resize = resize_transform(size)
-        self.query_pool, self.support_pool = meta_train_pools(ds)
+        self.query_pool, self.support_pool = ([i for i in pool if i not in self.held_out]
+                                              for pool in meta_train_pools(ds))
         self.index = support_index_from_dataset(ds, "train") if self.way == "1" else None
+        train_ids = ds.ids("train")
+        self._trainable = [i not in self.held_out for i in train_ids]
         self.refs: list[EpisodeRef] = []
         self.set_epoch(0)
 
@@ -180,8 +188,8 @@ class MetaTrainEpisodes(_EpisodeDataset):
         trained = ([c for c in self.ds.spec.oshp_ids if c != BACKGROUND] if self.label_novel
                    else self.ds.spec.base_foreground_ids(self.fold))
         for c in trained:
-            queries = list(self.index.query.get(c, ()))
-            supports = self.index.support.get(c, ())
+            queries = [q for q in self.index.query.get(c, ()) if self._trainable[q]]
+            supports = [s for s in self.index.support.get(c, ()) if self._trainable[s]]
             if not queries or not supports:
                 raise DatasetError(
                     f"{self.ds.root}: no meta-train {'query' if not queries else 'support'}-pool image contains "
@@ -216,7 +224,8 @@ class MetaTrainEpisodes(_EpisodeDataset):
     def _other_support(self, ref: EpisodeRef, rng: np.random.Generator) -> str:
         if ref.class_id > 0:
             ids = self.ds.ids("train")
-            return ids[int(rng.choice(self.index.support[ref.class_id]))]
+            supports = [s for s in self.index.support[ref.class_id] if self._trainable[s]]
+            return ids[int(rng.choice(supports))]
         return self.support_pool[int(rng.integers(len(self.support_pool)))]
 
     def _transform(self, image, label, needs):
@@ -239,19 +248,21 @@ class MetaTestEpisodes(_EpisodeDataset):
 
     ``pairs`` are the records of `oshp pairs` (``{"query", "support", "class_id"}``). ``size`` resizes
     both images (for quick validation during training); ``None`` keeps the native resolution, as the
-    paper's evaluation does, so batches hold one episode.
+    paper's evaluation does, so batches hold one episode. ``split="train"`` with ``keep`` = the fold's base classes
+    scores validation episodes on held-out meta-train images (:func:`oshp.data.pairs.validation_pairs`).
     """
 
     def __init__(self, ds: ReleaseLayoutDataset, pairs: Sequence[dict], *, way: str = "k",
-                 size: int | None = None, human_source: str = "oshp") -> None:
+                 size: int | None = None, human_source: str = "oshp", split: str = "test",
+                 keep: Sequence[int] | None = None) -> None:
         self.ds, self.way, self.human_source = ds, check_way(way), human_source
-        self.keep = ds.spec.oshp_ids
+        self.keep = tuple(keep) if keep is not None else ds.spec.oshp_ids
         self.resize = resize_transform(size) if size else None
-        known = set(ds.ids("test"))
+        known = set(ds.ids(split))
         missing = [p for p in pairs if p["query"] not in known or p["support"] not in known]
         if missing:
             raise DatasetError(
-                f"{len(missing)} pairs name images that are not in {ds.root}/list/meta_test_id.txt "
+                f"{len(missing)} pairs name images that are not in {list_file(ds.root, split)} "
                 f"(first: {missing[0]}); build the pairs for this dataset with `oshp pairs --data-root {ds.root}`"
             )
         self.refs = [EpisodeRef(p["query"], p["support"], int(p["class_id"])) for p in pairs]

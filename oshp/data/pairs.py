@@ -301,3 +301,48 @@ def balanced_subset(pairs: list[dict], n: int) -> list[dict]:
             if rank < len(positions) and len(chosen) < n:
                 chosen.append(positions[rank])
     return [pairs[i] for i in sorted(chosen)]
+
+
+VALIDATION_SEED = 2023
+"""Fixed: the held-out validation images are a property of the dataset and the share, the same for every run."""
+
+
+def validation_holdout(ds: ReleaseLayoutDataset, share: float) -> frozenset[str]:
+    """Meta-train ids held out of training as a validation split: ``share`` of the query pool and the same share of
+    the support pool, drawn with a fixed seed. Learning rates and loss weights are chosen on them, never on the
+    meta-test images."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the validation share must lie in [0, 1), not {share}")
+    if share == 0.0:
+        return frozenset()
+    rng = np.random.default_rng(VALIDATION_SEED)
+    held: list[str] = []
+    for pool in meta_train_pools(ds):
+        n = int(round(share * len(pool)))
+        if not 2 <= n < len(pool) - 1:
+            raise DatasetError(f"{ds.root}: a validation share of {share} holds out {n} of {len(pool)} images of a "
+                               f"meta-train pool; choose a share that leaves at least 2 on each side")
+        held.extend(pool[i] for i in sorted(rng.permutation(len(pool))[:n]))
+    return frozenset(held)
+
+
+def validation_pairs(ds: ReleaseLayoutDataset, fold: int, held: frozenset[str], per_class: int) -> list[dict]:
+    """Validation episodes on held-out meta-train images, as `oshp pairs` records: for every base foreground class,
+    up to ``per_class`` held-out query-pool images showing it, each with a held-out support-pool image showing it
+    (taken in turn). Only base classes: the novel classes of the fold stay unseen, as in training."""
+    if not held:
+        return []
+    ids = ds.ids("train")
+    index = support_index_from_dataset(ds, "train")
+    pairs: list[dict] = []
+    for c in ds.spec.base_foreground_ids(fold):
+        queries = [ids[q] for q in index.query.get(c, ()) if ids[q] in held][:per_class]
+        supports = [ids[s] for s in index.support.get(c, ()) if ids[s] in held]
+        if not supports:
+            continue
+        pairs.extend({"query": q, "support": supports[i % len(supports)], "class_id": int(c)}
+                     for i, q in enumerate(queries))
+    if not pairs:
+        raise DatasetError(f"{ds.root}: no held-out meta-train image pair shows a base class of fold {fold}; "
+                           f"raise the validation share")
+    return pairs

@@ -59,7 +59,16 @@ class TrainConfig:
     pseudo_class_prob: float = 0.0
     """Share of k-way training episodes that get a pasted pseudo class (against the testing bias; oshp.data.synth.pseudo)."""
     val_pairs_per_class: int = field(default=10, metadata={"cli": 'held-out episodes per class scored after every epoch'})
-    """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7)."""
+    """Held-out meta-test episodes per class scored after every epoch (mean base/novel class accuracy, Fig. 7); with
+    ``validation_share``, episodes on the held-out meta-train images instead."""
+    validate_every: int = 1
+    """Score the held-out episodes after every N-th epoch and after the last (tuning needs only the last)."""
+    validation_share: float = field(default=0.0, metadata={
+        "cli": "share of the meta-train images held out of training as a validation split, scored after every epoch "
+               "on the base classes instead of meta-test pairs (what `oshp tune` chooses settings on)"})
+    """0: train on every meta-train image. A share > 0 holds out that share of both meta-train pools (the same images
+    for every run, oshp.data.pairs.validation_holdout); the per-epoch log then scores them, so a setting chosen from
+    the log never saw a meta-test image or a novel-class label."""
     workers: int = field(default=0, metadata={"cli": 'data-loader processes'})
     seed: int = field(default=0, metadata={"cli": 'random seed'})
     device: str = field(default="auto", metadata={"cli": 'auto, cpu or cuda'})
@@ -119,7 +128,8 @@ def make_config(profile: str = "demo", **overrides: Any) -> TrainConfig:
         raise ValueError(f"unknown training settings {sorted(unknown)}; known: {sorted(fields)}")
     values = dict(PROFILES[profile])
     model_options = dict(values.pop("model_options", {}))
-    own = method_settings(overrides.get("method") or TrainConfig.method, profile)
+    own = method_settings(overrides.get("method") or TrainConfig.method, profile,
+                          check_way(overrides.get("way") or TrainConfig.way))
     model_options.update(own.pop("model_options"))
     values.update(own)
     model_options.update(overrides.pop("model_options", None) or {})

@@ -33,7 +33,7 @@ from ..core.env import device_name, resolve_device, seed_everything, versions
 from ..core.io import atomic_write_json
 from ..core.schedule import poly_lr
 from .run import CHECKPOINT, CHECKPOINT_FORMAT, CONFIG, LOG, SUMMARY, atomic_save, load_checkpoint, load_model_state, model_from_config, run_files
-from ..data.pairs import default_test_pairs, first_pairs_per_class
+from ..data.pairs import default_test_pairs, first_pairs_per_class, validation_holdout, validation_pairs
 from .evaluate import evaluate_episodes
 from .step import make_optimizer, train_step
 
@@ -89,7 +89,8 @@ class Trainer:
         self.episodes = MetaTrainEpisodes(
             self.ds, cfg.fold, way=cfg.way, size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
             fixed_supports=cfg.fixed_supports, pairs_per_class=cfg.one_way_pairs_per_class,
-            label_novel=cfg.label_novel, pseudo_class_prob=cfg.pseudo_class_prob)
+            label_novel=cfg.label_novel, pseudo_class_prob=cfg.pseudo_class_prob,
+            held_out=validation_holdout(self.ds, cfg.validation_share))
         seed_everything(cfg.seed)
         self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
         if self.rank == 0:
@@ -106,8 +107,14 @@ class Trainer:
         if self.cfg.val_pairs_per_class <= 0:
             return None
 
-        chosen = first_pairs_per_class(default_test_pairs(self.ds), self.cfg.val_pairs_per_class)
-        return MetaTestEpisodes(self.ds, chosen, way=self.cfg.way, size=self.cfg.image_size)
+        cfg = self.cfg
+        if cfg.validation_share > 0:  # held-out meta-train images, base classes only: nothing of the meta-test
+            held = validation_holdout(self.ds, cfg.validation_share)
+            chosen = validation_pairs(self.ds, cfg.fold, held, cfg.val_pairs_per_class)
+            return MetaTestEpisodes(self.ds, chosen, way=cfg.way, size=cfg.image_size, split="train",
+                                    keep=self.spec.base_ids(cfg.fold))
+        chosen = first_pairs_per_class(default_test_pairs(self.ds), cfg.val_pairs_per_class)
+        return MetaTestEpisodes(self.ds, chosen, way=cfg.way, size=cfg.image_size)
 
     # ---------------------------------------------------------------------------------- state
     def state(self, epoch: int) -> dict:
@@ -181,7 +188,8 @@ class Trainer:
             if cfg.lr_schedule == "release" and epoch % 10 == 9:  # the release re-creates SGD: momentum reset
                 self.optimizer = make_optimizer(self.model.parameters(), cfg, self._lr(epoch, 0, 1))
             record = self._train_epoch(model, epoch)
-            if self.val_episodes is not None:
+            if self.val_episodes is not None and ((epoch + 1) % max(cfg.validate_every, 1) == 0
+                                                  or epoch == cfg.epochs - 1):
                 record.update(self.validate())
             self.history.append(record)
             if self.rank == 0:
@@ -236,7 +244,9 @@ class Trainer:
         metrics = evaluate_episodes(_unwrap(self.model), self.val_episodes, self.spec, self.cfg.fold, self.cfg.way,
                                     self.device, progress=False, fast=self.fast)
         return {"val_mean_base_acc": metrics["mean_base_acc"], "val_mean_novel_acc": metrics["mean_novel_acc"],
-                "val_novel_miou": metrics["novel_miou"], "val_human_miou": metrics["human_miou"]}
+                "val_novel_miou": metrics["novel_miou"], "val_base_miou": metrics["base_miou"],
+                "val_human_miou": metrics["human_miou"],
+                "val_split": "held-out meta-train" if self.cfg.validation_share > 0 else "meta-test"}
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:

@@ -35,6 +35,9 @@ class Method:
     """The backbone of the paper's configuration (Table 5; ``profile="paper"`` uses it unless overridden)."""
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per profile, TrainConfig fields this method sets on top of the profile (``model_options`` merged)."""
+    tuned: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Per profile and way, the settings `oshp tune` chose on the validation split (held-out meta-train images, never
+    the meta-test): applied after ``settings``; the result file that chose them is named beside each entry."""
     table5: dict[str, float] | None = None
     """The paper's Table 5 row (params_m, gmacs, fps at 512 x 512, k = 5, V100) where it gives one."""
 
@@ -128,17 +131,20 @@ def get_method(name: str) -> Method:
     return METHODS[key]
 
 
-def method_settings(method: str, profile: str) -> dict[str, Any]:
-    """The TrainConfig fields ``method`` sets in ``profile`` (its paper backbone in the paper profile)."""
+def method_settings(method: str, profile: str, way: str = "k") -> dict[str, Any]:
+    """The TrainConfig fields ``method`` sets in ``profile`` for ``way``: its paper backbone in the paper profile, its
+    own settings, then the settings tuned for that way (the quick budget keeps the demo's)."""
     m = get_method(method)
-    values = {"model_options": {}}
+    values: dict[str, Any] = {"model_options": {}}
     if profile == "paper":
         values["backbone"] = m.paper_backbone
-    own = m.settings.get(profile)
-    if own is None and profile == "quick":  # the quick budget keeps the method's demo settings
-        own = m.settings.get("demo")
-    for key, value in (own or {}).items():
-        values[key] = dict(value) if key == "model_options" else value
+    source = "demo" if profile == "quick" and profile not in m.settings and profile not in m.tuned else profile
+    for own in (m.settings.get(source) or {}, (m.tuned.get(source) or {}).get(way) or {}):
+        for key, value in own.items():
+            if key == "model_options":
+                values["model_options"].update(value)
+            else:
+                values[key] = value
     return values
 
 

@@ -195,7 +195,7 @@ def training_figure(history: list[dict], title: str | None = None) -> Figure:
                   ylabel="mean training loss", title="losses", ax=left)
     accs = {name: (epochs, [h.get(key) for h in history]) for key, name in
             (("val_mean_base_acc", "mean base-class acc (%)"), ("val_mean_novel_acc", "mean novel-class acc (%)"),
-             ("val_novel_miou", "novel mIoU (%)"), ("val_human_miou", "human mIoU (%)"))
+             ("val_novel_miou", "novel mIoU (%)"), ("val_base_miou", "base mIoU (%)"), ("val_human_miou", "human mIoU (%)"))
             if any(h.get(key) is not None for h in history)}
     if accs:
         curves_figure(accs, xlabel="epoch", ylabel="held-out episodes (%)", title="held-out accuracy", ax=right)

@@ -23,15 +23,15 @@ from ..models.registry import METHODS
 from ..report.figures import write_results
 from ..data.layout import ReleaseLayoutDataset, write_dataset_meta
 from ..data.synth.generate import generate_synthetic
-from ..engine.config import make_config
-from ..engine.run import metrics_name
+from ..engine.config import TrainConfig, config_from_dict, make_config
+from ..engine.run import CONFIG, metrics_name
 from ..engine.evaluate import run_metrics
 from ..engine.train import train
 from ..profiling.benchmark import run_benchmark
 from ..profiling.complexity import complexity
 from .plans import NOTEBOOKS, Paths, notebook_name, ReproducePlan, RunSpec, VARIANTS, all_runs, get_plan, notebook_runs, repo_root, resolve_paths, shown_path
 
-__all__ = ["prepare_data", "run_config", "ensure_run", "ensure_runs", "load_result", "run_notebooks", "publish_notebooks",
+__all__ = ["prepare_data", "run_config", "ensure_run", "ensure_runs", "in_worker_processes", "check_runs_match_plan", "load_result", "run_notebooks", "publish_notebooks",
            "reproduce", "notebook", "NotebookContext", "measure_table5"]
 
 
@@ -141,6 +141,34 @@ def _evaluations(lower: bool, static_novel: bool) -> list[tuple[bool, bool]]:
     return [(False, False)] + [(True, False)] * lower + [(False, True)] * static_novel
 
 
+RUN_PLACE_SETTINGS = ("data_root", "dataset", "device", "workers", "amp")
+"""Settings that say where and how fast a run trained, not what it learnt: a run is reused whatever they were."""
+
+
+def changed_settings(run: Path, expected: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The settings a run folder was trained with that differ from ``expected`` ({name: (run's, expected)}), e.g.
+    after an update of oshp changed a method's learning rate; {} for a folder without a config."""
+    try:
+        saved = config_from_dict(json.loads((run / CONFIG).read_text())).to_json()
+    except FileNotFoundError:
+        return {}
+    except (OSError, json.JSONDecodeError, TypeError) as err:
+        raise DatasetError(f"{run / CONFIG} is unreadable ({err}); delete {run} to train it again") from err
+    wanted = expected.to_json()
+    return {k: (saved.get(k), v) for k, v in wanted.items() if k not in RUN_PLACE_SETTINGS and saved.get(k) != v}
+
+
+def check_runs_match_plan(specs: Iterable[RunSpec], plan: ReproducePlan, paths: Paths) -> None:
+    """Refuse to reuse a run trained with other settings than the plan's (one line naming the run and the fix)."""
+    for spec in specs:
+        run = paths.runs / spec.name
+        changed = changed_settings(run, run_config(spec, plan, paths.data[spec.dataset]))
+        if changed:
+            said = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in sorted(changed.items()))
+            raise DatasetError(f"{run} was trained with other settings than the {plan.name} plan's: {said}; delete "
+                               f"that folder to train it again, or pass another --out")
+
+
 def _done(run: Path, lower: bool, static_novel: bool = False, max_pairs: int | None = None) -> bool:
 
     return all((run / metrics_name(*e, max_pairs=max_pairs)).is_file() for e in _evaluations(lower, static_novel))
@@ -186,10 +214,31 @@ def worker_gpu(index: int, gpus: int, visible: str | None = None) -> str | None:
     return listed[index % len(listed)]
 
 
-def _ensure_in_worker(spec: RunSpec, plan: ReproducePlan, paths: Paths, lower: bool) -> tuple[RunSpec, float]:
+def _ensure_in_worker(spec: RunSpec, plan: ReproducePlan, paths: Paths, lower: bool) -> tuple[str, float]:
     started = time.time()
     ensure_run(spec, plan, paths, lower=lower, progress=False)
-    return spec, time.time() - started
+    return spec.name, time.time() - started
+
+
+def in_worker_processes(job: Callable[..., tuple[str, float]], arguments: Sequence[tuple], workers: int, *,
+                        progress: bool = True) -> None:
+    """Call ``job(*args)`` for each tuple of ``arguments`` in ``workers`` separate processes, the CPU's threads (and
+    the GPUs) shared among them; ``job`` returns (name, seconds) for the progress bar."""
+    from tqdm import tqdm  # plain text: no widget warning in notebooks
+
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = get_context("spawn")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads, context.Value("i", 0), gpus)) as pool:
+        futures = [pool.submit(job, *args) for args in arguments]
+        with tqdm(total=len(futures), desc="runs", unit="run", disable=not progress, file=sys.stderr) as bar:
+            for future in as_completed(futures):
+                name, seconds = future.result()
+                bar.set_postfix_str(f"{name} {seconds:.0f} s")
+                bar.update()
 
 
 def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: Paths, *,
@@ -201,6 +250,7 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     specs = list(dict.fromkeys(specs))
     need_lower = set(lower)
     specs += [s for s in need_lower if s not in specs]
+    check_runs_match_plan(specs, plan, paths)
     todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s),
                                           plan.eval_max_pairs)]
     workers = max(1, min(workers or plan.workers, len(todo) or 1))
@@ -213,21 +263,8 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
                 print(f"[{i + 1}/{len(todo)}] {spec.name}", file=sys.stderr, flush=True)
             ensure_run(spec, plan, paths, lower=spec in need_lower, progress=progress)
     elif todo:
-        from tqdm import tqdm  # plain text: no widget warning in notebooks
-
-        import torch
-
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        context = get_context("spawn")
-        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                 initargs=(threads, context.Value("i", 0), gpus)) as pool:
-            futures = [pool.submit(_ensure_in_worker, s, plan, paths, s in need_lower) for s in todo]
-            with tqdm(total=len(todo), desc="runs", unit="run", disable=not progress, file=sys.stderr) as bar:
-                for future in as_completed(futures):
-                    spec, seconds = future.result()
-                    bar.set_postfix_str(f"{spec.name} {seconds:.0f} s")
-                    bar.update()
+        in_worker_processes(_ensure_in_worker, [(s, plan, paths, s in need_lower) for s in todo], workers,
+                            progress=progress)
     return {s: paths.runs / s.name for s in specs}
 
 
