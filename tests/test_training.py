@@ -29,8 +29,10 @@ def test_profiles_and_overrides():
     demo = make_config("demo", epochs=3, model_options={"alpha": 0.01})
     assert demo.epochs == 3 and demo.model_options["alpha"] == 0.01 and "embed_dim" in demo.model_options
     assert demo.backbone_weights == "synthetic" and make_config("smoke").backbone_weights is None
-    quick = make_config("quick", method="amp")  # the quick budget keeps each method's demo settings
-    assert (quick.epochs, quick.lr, quick.model_options) == (3, 2e-3, {"embed_dim": 64, "class_balanced_loss": True})
+    quick = make_config("quick", method="amp", way="1")  # the quick budget keeps each method's demo settings
+    assert (quick.epochs, quick.model_options) == (3, {"embed_dim": 64, "class_balanced_loss": True})
+    assert quick.lr == make_config("demo", method="amp", way="1").lr != make_config("demo", method="amp").lr  # per way
+    assert make_config("demo", method="amp", way="1", lr=1e-4).lr == 1e-4  # a given setting wins over a tuned one
     assert make_config("demo", method="pfenet").model_options["class_balanced_loss"]  # CPU budgets: balanced
     assert "class_balanced_loss" not in make_config("paper", method="sgone").model_options
     assert make_config("quick").model_options["warmup_epochs"] == 1

@@ -64,41 +64,49 @@ def _build_eopnet(num_classes: int, way: str, backbone: str, pretrained: bool = 
     return EOPNet(EOPNetConfig.release_compat(**fields) if release else EOPNetConfig(**fields))
 
 
+# ``tuned``: the learning rates `oshp tune` chose on the validation split (held-out meta-train images, base classes)
+# for the CPU profiles, every method and way on the same grid (benchmarks/results/lr_tuning_demo.json); EOP-Net's
+# contrastive-loss weight likewise (benchmarks/results/contrastive_weight_tuning_demo.json). docs/models.md.
 METHODS: dict[str, Method] = {
     "eopnet": Method(
         "eopnet", "EOP-Net", ("k", "1"), _build_eopnet,
         "End-to-end One-shot human Parsing network (TPAMI 2023), paper sections 4 and 6.1",
         settings={"demo": {"model_options": {"embed_dim": 64, "warmup_epochs": 1}},
                   "smoke": {"model_options": {"embed_dim": 32, "warmup_epochs": 1}}},
-        table5={"params_m": 42.5, "gmacs": 129.3, "fps": 12.0}),
+        table5={"params_m": 42.5, "gmacs": 129.3, "fps": 12.0},
+        tuned={"demo": {"k": {"lr": 0.004, "model_options": {"lambda_nca": 1.0}}, "1": {"lr": 0.001}}}),
     # --- contenders (paper section 6.3), in the settings the paper's tables give them
     "finetuning": Method(
         "finetuning", "Fine-Tuning", ("k", "1"), "oshp.models.finetuning:build",
         "a parser pre-trained on the base classes, its last two conv layers and classifier fine-tuned on the support "
         "for a few iterations per test pair",
         settings={"demo": {"model_options": {"head_dim": 64}},
-                  "smoke": {"model_options": {"head_dim": 32, "finetune_steps": 3}}}),
+                  "smoke": {"model_options": {"head_dim": 32, "finetune_steps": 3}}},
+        tuned={"demo": {"k": {"lr": 0.004}, "1": {"lr": 0.032}}}),
     "sgone": Method(
         "sgone", "SG-One", ("k", "1"), "oshp.models.sgone:build",
         "similarity guidance network (Zhang et al., TCYB 2020): masked average pooling, cosine guidance; k-way "
         "through the AGM-like procedure of eq. 6 without the residual",
         settings={"demo": {"model_options": {"guide_dim": 64, "seg_dim": 64}},
-                  "smoke": {"model_options": {"guide_dim": 32, "seg_dim": 32}}}),
+                  "smoke": {"model_options": {"guide_dim": 32, "seg_dim": 32}}},
+        tuned={"demo": {"k": {"lr": 0.001}, "1": {"lr": 0.0005}}}),
     "panet": Method(
         "panet", "PANet", ("1",), "oshp.models.panet:build",
         "prototype alignment network (Wang et al., ICCV 2019): non-parametric prototype matching with the prototype "
-        "alignment regularisation", paper_backbone="vgg16", table5={"params_m": 14.7, "gmacs": 612.6, "fps": 2.3}),
+        "alignment regularisation", paper_backbone="vgg16", table5={"params_m": 14.7, "gmacs": 612.6, "fps": 2.3},
+        tuned={"demo": {"1": {"lr": 0.001}}}),
     "ppnet": Method(
         "ppnet", "PPNet", ("1",), "oshp.models.ppnet:build",
         "part-aware prototype network (Liu et al., ECCV 2020) without its semantic branch", paper_backbone="resnet50",
         settings={"demo": {"model_options": {"output_stride": 16}}, "smoke": {"model_options": {"output_stride": 16}}},
-        table5={"params_m": 24.7, "gmacs": 560.0, "fps": 0.3}),
+        table5={"params_m": 24.7, "gmacs": 560.0, "fps": 0.3},
+        tuned={"demo": {"1": {"lr": 0.0005}}}),
     "amp": Method(
         "amp", "AMP", ("k", "1"), "oshp.models.amp:build",
         "adaptive masked proxies (Siam et al., ICCV 2019) with multi-resolution weight imprinting",
-        # every contender trains at its profile's learning rate in the CPU profiles (docs/models.md)
         paper_backbone="vgg16", settings={"demo": {"model_options": {"embed_dim": 64}},
-                                          "smoke": {"model_options": {"embed_dim": 32}}}),
+                                          "smoke": {"model_options": {"embed_dim": 32}}},
+        tuned={"demo": {"k": {"lr": 0.016}, "1": {"lr": 0.004}}}),
     "pfenet": Method(
         "pfenet", "PFENet", ("1",), "oshp.models.pfenet:build",
         "prior guided feature enrichment network (Tian et al., TPAMI 2020): training-free prior mask and the feature "
@@ -106,7 +114,8 @@ METHODS: dict[str, Method] = {
         # the release's SGD: base lr 2.5e-3 scaled by 10 for every trained layer (scale_lr, index_split=-1)
         settings={"paper": {"lr": 2.5e-2, "weight_decay": 1e-4, "model_options": {"eval_size": 512}},
                   "demo": {"model_options": {"reduce_dim": 64, "freeze_backbone": "if_pretrained"}},
-                  "smoke": {"model_options": {"reduce_dim": 16}}}),
+                  "smoke": {"model_options": {"reduce_dim": 16}}},
+        tuned={"demo": {"1": {"lr": 0.016}}}),
     "popnet": Method(
         "popnet", "POPNet", ("k", "1"), "oshp.models.popnet:build",
         "progressive one-shot human parsing (He et al., AAAI 2021): coarse-to-fine stage networks with knowledge "
@@ -114,7 +123,8 @@ METHODS: dict[str, Method] = {
         # each stage has half the run (stage1_epochs=0.5), so its prototype warm-up is about half of EOP-Net's
         settings={"demo": {"model_options": {"embed_dim": 64, "warmup_epochs": 1}},
                   "smoke": {"model_options": {"embed_dim": 32, "warmup_epochs": 1}}},
-        table5={"params_m": 85.8, "gmacs": 264.4, "fps": 7.8}),
+        table5={"params_m": 85.8, "gmacs": 264.4, "fps": 7.8},
+        tuned={"demo": {"k": {"lr": 0.008}, "1": {"lr": 0.008}}}),
 }
 
 
