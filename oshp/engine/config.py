@@ -102,7 +102,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # tested at 64 px and scored at 192 px: 3.2 times the training steps per CPU-second of 128 px at the same quality,
     # and every method's parsing loss class-balanced: with pixel-averaged CE a part is a few percent of the loss, SG-One
     # and PFENet never leave the background prior and EOP-Net's NPM drifts to background over longer runs
-    # (docs/synthetic-results.md#the-64-px-demo).
+    # (docs/synthetic-results.md#the-64-px-demo). lr 2e-3 is for a method without a rate of its own: every registered
+    # method trains at the rate `oshp tune` chose for it and the way on a validation split (Method.tuned).
     "demo": dict(backbone="mobilenetv3_small_100", pretrained=False, backbone_weights="synthetic", image_size=64,
                  test_size=64, epochs=6, batch_size=8, optimizer="adamw", lr=2e-3, weight_decay=1e-4,
                  pairs_per_epoch=400, val_pairs_per_class=10, workers=0,
