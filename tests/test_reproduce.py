@@ -109,7 +109,7 @@ def test_finished_runs_are_never_trained_again(tmp_path, monkeypatch):
         rp.load_result(paths.runs / spec.name, lower=True)
 
 
-def test_a_run_trained_with_other_settings_is_refused_not_reused(tmp_path, monkeypatch):
+def test_a_run_trained_with_other_settings_is_reused_with_a_note(tmp_path, monkeypatch, capsys):
     import oshp.engine.train
 
     paths = plans.resolve_paths("smoke", out_dir=tmp_path, data_root=tmp_path / "data")
@@ -123,10 +123,12 @@ def test_a_run_trained_with_other_settings_is_refused_not_reused(tmp_path, monke
     (run / "metrics.json").write_text(json.dumps({"novel_miou": 1.0}))
     monkeypatch.setattr(oshp.engine.train, "train", lambda *a, **k: pytest.fail("a finished run was retrained"))
     assert rp.ensure_runs([spec], "smoke", paths, progress=False) == {spec: run}
+    assert capsys.readouterr().err == ""
     (run / "config.json").write_text(json.dumps({**saved, "lr": expected.lr * 2}))  # e.g. an older oshp's lr
-    with pytest.raises(DatasetError, match=rf"{spec.name} was trained with other settings.*lr=.*delete that folder"):
-        rp.ensure_runs([spec], "smoke", paths, progress=False)
-    assert (run / "metrics.json").is_file()  # nothing of the user's is removed
+    assert rp.ensure_runs([spec], "smoke", paths, progress=False) == {spec: run}
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"reusing {run}" in err and f"lr={expected.lr * 2!r} (plan: {expected.lr!r})" in err
+    assert "delete that folder" in err and (run / "metrics.json").is_file()  # nothing of the user's is removed
 
 
 def test_a_finished_oracle_gets_only_its_missing_one_shot_rule_evaluation(tmp_path, monkeypatch):

@@ -158,15 +158,19 @@ def changed_settings(run: Path, expected: TrainConfig) -> dict[str, tuple[Any, A
     return {k: (saved.get(k), v) for k, v in wanted.items() if k not in RUN_PLACE_SETTINGS and saved.get(k) != v}
 
 
-def check_runs_match_plan(specs: Iterable[RunSpec], plan: ReproducePlan, paths: Paths) -> None:
-    """Refuse to reuse a run trained with other settings than the plan's (one line naming the run and the fix)."""
+def check_runs_match_plan(specs: Iterable[RunSpec], plan: ReproducePlan, paths: Paths) -> list[str]:
+    """One line for each finished or started run trained with other settings than the plan's (e.g. by an older oshp
+    whose learning rates differ, or by hand with a shorter budget). Such a run is still reused, as every finished
+    run is; the lines say what differs and how to retrain it."""
+    lines = []
     for spec in specs:
         run = paths.runs / spec.name
         changed = changed_settings(run, run_config(spec, plan, paths.data[spec.dataset]))
         if changed:
-            said = ", ".join(f"{k}={a!r} (now {b!r})" for k, (a, b) in sorted(changed.items()))
-            raise DatasetError(f"{run} was trained with other settings than the {plan.name} plan's: {said}; delete "
-                               f"that folder to train it again, or pass another --out")
+            said = ", ".join(f"{k}={a!r} (plan: {b!r})" for k, (a, b) in sorted(changed.items()))
+            lines.append(f"note: reusing {run}, trained with other settings than the {plan.name} plan's: {said}; "
+                         f"delete that folder to train it with the plan's settings")
+    return lines
 
 
 def _done(run: Path, lower: bool, static_novel: bool = False, max_pairs: int | None = None) -> bool:
@@ -250,7 +254,8 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     specs = list(dict.fromkeys(specs))
     need_lower = set(lower)
     specs += [s for s in need_lower if s not in specs]
-    check_runs_match_plan(specs, plan, paths)
+    for line in check_runs_match_plan(specs, plan, paths):
+        print(line, file=sys.stderr, flush=True)
     todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s),
                                           plan.eval_max_pairs)]
     workers = max(1, min(workers or plan.workers, len(todo) or 1))
