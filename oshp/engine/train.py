@@ -86,11 +86,12 @@ class Trainer:
         cfg.dataset = self.ds.spec.key
         self.spec = self.ds.spec
         get_method(cfg.method)
+        self.held_out = validation_holdout(self.ds, cfg.validation_share)  # kept out of training, scored instead
         self.episodes = MetaTrainEpisodes(
             self.ds, cfg.fold, way=cfg.way, size=cfg.image_size, augment=cfg.augment, seed=cfg.seed,
             fixed_supports=cfg.fixed_supports, pairs_per_class=cfg.one_way_pairs_per_class,
             label_novel=cfg.label_novel, pseudo_class_prob=cfg.pseudo_class_prob,
-            held_out=validation_holdout(self.ds, cfg.validation_share))
+            held_out=self.held_out)
         seed_everything(cfg.seed)
         self.model = model_from_config(cfg, self.spec.num_raw_classes).to(self.device)
         if self.rank == 0:
@@ -109,8 +110,7 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.validation_share > 0:  # held-out meta-train images, base classes only: nothing of the meta-test
-            held = validation_holdout(self.ds, cfg.validation_share)
-            chosen = validation_pairs(self.ds, cfg.fold, held, cfg.val_pairs_per_class)
+            chosen = validation_pairs(self.ds, cfg.fold, self.held_out, cfg.val_pairs_per_class)
             return MetaTestEpisodes(self.ds, chosen, way=cfg.way, size=cfg.image_size, split="train",
                                     keep=self.spec.base_ids(cfg.fold))
         chosen = first_pairs_per_class(default_test_pairs(self.ds), cfg.val_pairs_per_class)

@@ -31,7 +31,7 @@ from ..profiling.benchmark import run_benchmark
 from ..profiling.complexity import complexity
 from .plans import NOTEBOOKS, Paths, notebook_name, ReproducePlan, RunSpec, VARIANTS, all_runs, get_plan, notebook_runs, repo_root, resolve_paths, shown_path
 
-__all__ = ["prepare_data", "run_config", "ensure_run", "ensure_runs", "in_worker_processes", "check_runs_match_plan", "load_result", "run_notebooks", "publish_notebooks",
+__all__ = ["prepare_data", "run_config", "ensure_run", "ensure_runs", "in_worker_processes", "off_plan_notes", "load_result", "run_notebooks", "publish_notebooks",
            "reproduce", "notebook", "NotebookContext", "measure_table5"]
 
 
@@ -158,7 +158,7 @@ def changed_settings(run: Path, expected: TrainConfig) -> dict[str, tuple[Any, A
     return {k: (saved.get(k), v) for k, v in wanted.items() if k not in RUN_PLACE_SETTINGS and saved.get(k) != v}
 
 
-def check_runs_match_plan(specs: Iterable[RunSpec], plan: ReproducePlan, paths: Paths) -> list[str]:
+def off_plan_notes(specs: Iterable[RunSpec], plan: ReproducePlan, paths: Paths) -> list[str]:
     """One line for each finished or started run trained with other settings than the plan's (e.g. by an older oshp
     whose learning rates differ, or by hand with a shorter budget). Such a run is still reused, as every finished
     run is; the lines say what differs and how to retrain it."""
@@ -254,7 +254,7 @@ def ensure_runs(specs: Iterable[RunSpec], profile: str | ReproducePlan, paths: P
     specs = list(dict.fromkeys(specs))
     need_lower = set(lower)
     specs += [s for s in need_lower if s not in specs]
-    for line in check_runs_match_plan(specs, plan, paths):
+    for line in off_plan_notes(specs, plan, paths):
         print(line, file=sys.stderr, flush=True)
     todo = [s for s in specs if not _done(paths.runs / s.name, s in need_lower, _needs_static_novel(s),
                                           plan.eval_max_pairs)]

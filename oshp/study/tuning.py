@@ -129,9 +129,11 @@ def tune(methods: Sequence[str], ways: Sequence[str], *, param: str, values: Seq
     elif todo:
         in_worker_processes(_train_trial, todo, min(workers, len(todo)), progress=progress)
     rows, chosen = [], {}
+    scores_by_value: dict[tuple[str, str, Any], list[dict]] = {}
+    for t, (_, run) in trials.items():  # trials are in (method, way, value, seed) order
+        scores_by_value.setdefault((t.method, t.way, t.value), []).append(trial_scores(run))
     groups: dict[tuple[str, str], list[dict]] = {}
-    for method, way, value in dict.fromkeys((t.method, t.way, t.value) for t in trials):
-        scores = [trial_scores(run) for t, (_, run) in trials.items() if (t.method, t.way, t.value) == (method, way, value)]
+    for (method, way, value), scores in scores_by_value.items():
         row = {"method": method, "way": way, "param": param, "value": value, "seeds": list(seeds)}
         for c in CRITERIA:
             found = [s[c] for s in scores if s[c] is not None]
